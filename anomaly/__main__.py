@@ -1,0 +1,5 @@
+"""Allow ``python -m anomaly``."""
+
+from anomaly.cli import main
+
+raise SystemExit(main())
