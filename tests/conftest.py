@@ -24,3 +24,49 @@ def _single_torch_thread():
         return
     torch.set_num_threads(1)
     yield
+
+
+# ---------------------------------------------------------------------------
+# Session-wide simulated cohort and fitted models (4 mm, tiny), shared by the
+# normative, scoring, CLI and report tests so that each is built only once.
+SIM_HEALTHY = 10
+SIM_PATIENTS = 6
+AE_TEST_SETTINGS = dict(resolution=4.0, epochs=4, batch_size=2, channels=(8, 16, 32, 64), lr=3e-3,
+                        val_fraction=0.3, seed=0, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sim_cohort(tmp_path_factory):
+    """A simulated BIDS cohort at 4 mm (10 controls, 6 patients) with ground truth."""
+    from anomaly.simulate import simulate_cohort
+
+    out = tmp_path_factory.mktemp("sim") / "bids"
+    simulate_cohort(out, n_healthy=SIM_HEALTHY, n_patients=SIM_PATIENTS, seed=7, resolution=4.0,
+                    missing_fraction=0.0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def zscore_model_dir(sim_cohort, tmp_path_factory):
+    """A z-score normative model folder fitted on the simulated controls."""
+    from anomaly.io import find_subjects
+    from anomaly.normative import NormativeModel
+
+    out = tmp_path_factory.mktemp("models") / "zscore"
+    model = NormativeModel("zscore", resolution=4.0, seed=0, device="cpu")
+    model.fit(find_subjects(sim_cohort), progress=False)
+    model.save(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ae_model_dir(sim_cohort, tmp_path_factory):
+    """A small denoising-autoencoder model folder fitted on the simulated controls."""
+    from anomaly.io import find_subjects
+    from anomaly.normative import NormativeModel
+
+    out = tmp_path_factory.mktemp("models") / "ae"
+    model = NormativeModel("ae", **AE_TEST_SETTINGS)
+    model.fit(find_subjects(sim_cohort), workdir=out, progress=False)
+    model.save(out)
+    return out

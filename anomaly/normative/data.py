@@ -1,0 +1,130 @@
+"""Preprocessed-subject cache and the torch dataset that streams it.
+
+Training reads every control many times, so each one is preprocessed once (resampled
+to the model grid, intensity-normalised) and stored as a float16 ``.npy`` file. The
+dataset memory-maps those files, so memory stays flat however many subjects there are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anomaly.io import Subject, atomic_path
+from anomaly.preprocess import Preprocessed
+
+
+@dataclass
+class CachedSubject:
+    """One preprocessed subject on disk."""
+
+    label: str
+    path: Path
+    present: np.ndarray
+    age: float | None
+    sex: str | None
+
+
+def cache_key(subject: Subject, settings: dict) -> str:
+    """Short hash of a subject's files (path, size, mtime) and the preprocessing settings.
+
+    A changed input or setting gives a new key, so a stale cache is never reused.
+    """
+    h = hashlib.sha256(repr(sorted(settings.items())).encode())
+    for modality, path in sorted(subject.images.items()):
+        stat = Path(path).stat()
+        h.update(f"{modality}:{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def build_cache(subjects: Sequence[Subject], cache_dir: Path, settings: dict,
+                preprocess: Callable[[Subject], Preprocessed], *,
+                on_subject: Callable[[Subject, Preprocessed], None] | None = None,
+                progress: bool = True) -> list[CachedSubject]:
+    """Preprocess each subject once into ``cache_dir`` (reusing valid cached files).
+
+    Parameters
+    ----------
+    subjects : sequence of Subject
+    cache_dir : Path
+    settings : dict
+        Preprocessing settings that enter the cache key.
+    preprocess : callable
+        ``subject -> Preprocessed``.
+    on_subject : callable, optional
+        Called with every freshly preprocessed or reloaded subject (used to accumulate
+        normalisation statistics in the same pass).
+    progress : bool
+        Show a progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cached = []
+    for subject in tqdm(subjects, desc="preprocessing", unit="subject", disable=not progress):
+        key = cache_key(subject, settings)
+        path = cache_dir / f"sub-{subject.label}_{key}.npy"
+        present_path = cache_dir / f"sub-{subject.label}_{key}_present.npy"
+        if path.exists() and present_path.exists():
+            data = np.load(path, mmap_mode="r")
+            present = np.load(present_path)
+            if on_subject is not None:
+                on_subject(subject, Preprocessed(data=np.asarray(data, np.float32), present=present,
+                                                 modalities=list(settings["modalities"]), qc={}))
+        else:
+            prep = preprocess(subject)
+            present = prep.present
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, prep.data.astype(np.float16))
+            with atomic_path(present_path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, present)
+            if on_subject is not None:
+                on_subject(subject, prep)
+        cached.append(CachedSubject(label=subject.label, path=path, present=present,
+                                    age=subject.age, sex=subject.sex))
+    return cached
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """Stream cached subjects, standardised per channel, as float32 tensors.
+
+    Parameters
+    ----------
+    subjects : sequence of CachedSubject
+    channel_mean, channel_std : ndarray, shape (C,)
+        Per-channel standardisation learnt on the training controls.
+    mask : ndarray of bool, shape (X, Y, Z)
+        Brain mask of the grid; voxels outside are set to zero.
+    """
+
+    def __init__(self, subjects: Sequence[CachedSubject], channel_mean: np.ndarray,
+                 channel_std: np.ndarray, mask: np.ndarray) -> None:
+        self.subjects = list(subjects)
+        self.mean = np.asarray(channel_mean, np.float32)
+        self.std = np.asarray(channel_std, np.float32)
+        self.mask = np.asarray(mask, bool)
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        subject = self.subjects[index]
+        data = np.load(subject.path, mmap_mode="r").astype(np.float32)
+        images = standardise(data, subject.present, self.mean, self.std, self.mask)
+        return torch.from_numpy(images), torch.from_numpy(np.asarray(subject.present, bool))
+
+
+def standardise(data: np.ndarray, present: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                mask: np.ndarray) -> np.ndarray:
+    """Per-channel ``(x - mean) / std`` inside the brain; zero outside and where absent."""
+    out = (data - mean.reshape(-1, 1, 1, 1)) / std.reshape(-1, 1, 1, 1)
+    out *= mask
+    out[~np.asarray(present, bool)] = 0.0
+    return out.astype(np.float32)

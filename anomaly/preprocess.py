@@ -1,0 +1,630 @@
+"""Put images on the model grid: reorient, resample, brain mask, intensity normalisation.
+
+The model grid is the MNI152 (2009, nilearn) space at a chosen resolution, cropped to
+the brain and padded so that the network can halve it three times. Templates come
+with nilearn: nothing is downloaded.
+
+Intensities are normalised so that images from different scanners are comparable:
+MRI by a robust z-score inside the brain (median and interquartile range), PET as
+SUVR (ratio to the mean uptake of a reference region). The reference-region masks
+come from the atlas layer, which sits above this one: callers build them (for
+example ``Atlas.load("neuromorphometrics").resample_to(grid).region_mask("Cerebell")``)
+and pass them to :func:`preprocess_subject`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from anomaly.io import AnomalyInputError, load_image
+
+__all__ = [
+    "Grid",
+    "PET_MODALITY",
+    "PET_REFERENCES",
+    "Preprocessed",
+    "make_grid",
+    "normalise_mri",
+    "normalise_pet",
+    "preprocess_subject",
+    "resample_to_grid",
+    "template_images",
+]
+
+#: BIDS suffix of the PET channel; every other suffix is an MRI contrast.
+PET_MODALITY = "pet"
+#: Named PET reference regions; "global" is the mean over the whole brain.
+PET_REFERENCES = ("cerebellum", "brainstem", "global")
+#: Margin (in grid voxels) kept around the brain's bounding box.
+_GRID_MARGIN = 2
+#: Below this fraction of the brain covered, preprocess_subject warns.
+_LOW_COVERAGE = 0.8
+
+_ORDERS = {"nearest": 0, "linear": 1, "continuous": 3}
+
+
+# ------------------------------------------------------------------------ grid
+
+
+@dataclass(frozen=True, eq=False)
+class Grid:
+    """A voxel grid in MNI152 space: the space every model works in.
+
+    Parameters
+    ----------
+    shape : tuple of 3 int
+        Number of voxels along x, y, z.
+    affine : numpy.ndarray of shape (4, 4)
+        Voxel-to-world (mm, RAS+) transform. Stored as a read-only float64 copy.
+    resolution : float
+        Voxel size in mm.
+
+    Notes
+    -----
+    Grids compare equal when shapes and resolutions are equal and affines agree to
+    1e-6 mm; they are hashable, so they can key caches.
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    resolution: float
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(s) for s in self.shape)
+        affine = np.array(self.affine, dtype=np.float64)
+        if len(shape) != 3 or min(shape) < 1:
+            raise AnomalyInputError(f"shape: expected 3 positive integers, got {self.shape}")
+        if affine.shape != (4, 4) or not np.isfinite(affine).all():
+            raise AnomalyInputError("affine: expected a finite 4x4 matrix")
+        affine.setflags(write=False)  # a shared grid must not be edited in place
+        # Frozen dataclass: normalised values are set through object.__setattr__.
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "affine", affine)
+        object.__setattr__(self, "resolution", float(self.resolution))
+
+    def _key(self) -> tuple[Any, ...]:
+        return self.shape, tuple(np.round(self.affine, 6).ravel().tolist()), self.resolution
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Grid):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def to_image(self, array: np.ndarray, dtype: np.dtype | type | None = None) -> nib.Nifti1Image:
+        """Wrap an array on this grid as a NIfTI image in MNI space.
+
+        Parameters
+        ----------
+        array : numpy.ndarray
+            Array whose first three axes are ``self.shape`` (extra axes are kept,
+            e.g. 4D).
+        dtype : numpy dtype, optional
+            Data type to store; default: the array's, booleans as uint8.
+
+        Returns
+        -------
+        nibabel.Nifti1Image
+            With sform and qform set to the grid affine (code "mni").
+        """
+        array = np.asarray(array)
+        if array.shape[:3] != self.shape:
+            raise AnomalyInputError(
+                f"array: shape {array.shape} does not match the grid shape {self.shape}"
+            )
+        if dtype is None:
+            dtype = np.uint8 if array.dtype == bool else array.dtype
+        img = nib.Nifti1Image(np.asarray(array, dtype=dtype), self.affine)
+        img.set_sform(self.affine, code="mni")
+        img.set_qform(self.affine, code="mni")
+        img.header.set_xyzt_units(xyz="mm")
+        return img
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (shape, affine as nested lists, resolution)."""
+        return {
+            "shape": list(self.shape),
+            "affine": self.affine.tolist(),
+            "resolution": self.resolution,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Grid:
+        """Rebuild a grid from :meth:`to_dict` output (e.g. a model's metadata.json)."""
+        try:
+            return cls(tuple(data["shape"]), np.asarray(data["affine"]), data["resolution"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AnomalyInputError(f"grid: invalid description ({exc})") from exc
+
+
+def make_grid(resolution: float = 2.0, multiple: int = 8) -> Grid:
+    """The MNI152 model grid at a resolution, cropped to the brain.
+
+    Parameters
+    ----------
+    resolution : float, default=2.0
+        Voxel size in mm, at least 1 (the templates' resolution).
+    multiple : int, default=8
+        Every side is padded to a multiple of this (8 lets a network halve the
+        grid three times).
+
+    Returns
+    -------
+    Grid
+        Axis-aligned RAS+ grid whose voxel centres fall on multiples of
+        ``resolution`` mm (so the MNI origin is a voxel centre), covering the
+        bounding box of nilearn's MNI152 brain mask plus two voxels, padded about
+        evenly on both sides. Cached per (resolution, multiple).
+
+    Examples
+    --------
+    >>> make_grid(2.0).shape
+    (80, 96, 88)
+    """
+    try:
+        resolution = float(resolution)
+    except (TypeError, ValueError) as exc:
+        raise AnomalyInputError(f"resolution: expected a number of mm, got {resolution!r}") from exc
+    if not math.isfinite(resolution) or resolution < 1.0:
+        raise AnomalyInputError(f"resolution: expected a voxel size >= 1 mm, got {resolution}")
+    if isinstance(multiple, bool) or not isinstance(multiple, (int, np.integer)) or multiple < 1:
+        raise AnomalyInputError(f"multiple: expected a positive integer, got {multiple!r}")
+    return _make_grid(resolution, int(multiple))
+
+
+@lru_cache(maxsize=16)
+def _make_grid(resolution: float, multiple: int) -> Grid:
+    mask_img = _nilearn_templates()["mask"]
+    ijk = np.argwhere(np.asarray(mask_img.dataobj) > 0)
+    world = nib.affines.apply_affine(mask_img.affine, np.stack([ijk.min(0), ijk.max(0)]))
+    lo_mm, hi_mm = world.min(axis=0), world.max(axis=0)
+    margin = _GRID_MARGIN * resolution
+    lo = np.floor((lo_mm - margin) / resolution).astype(int)
+    hi = np.ceil((hi_mm + margin) / resolution).astype(int)
+    shape = hi - lo + 1
+    padded = -(-shape // multiple) * multiple
+    lo -= (padded - shape) // 2  # the odd voxel, if any, goes to the high side
+    affine = np.diag([resolution, resolution, resolution, 1.0])
+    affine[:3, 3] = lo * resolution
+    return Grid(tuple(int(s) for s in padded), affine, resolution)
+
+
+@lru_cache(maxsize=1)
+def _nilearn_templates() -> dict[str, nib.Nifti1Image]:
+    """nilearn's 1 mm MNI152 2009 images (shipped with nilearn; never fetched)."""
+    from nilearn import datasets  # slow import: only when a template is needed
+
+    return {
+        "t1": datasets.load_mni152_template(resolution=1),
+        "gm": datasets.load_mni152_gm_template(resolution=1),
+        "wm": datasets.load_mni152_wm_template(resolution=1),
+        "mask": datasets.load_mni152_brain_mask(resolution=1),
+    }
+
+
+def template_images(grid: Grid) -> dict[str, np.ndarray]:
+    """MNI152 2009 templates on a grid.
+
+    Parameters
+    ----------
+    grid : Grid
+        Target grid.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Read-only float32 arrays of ``grid.shape``: "t1" (T1 template, 0..1), "gm"
+        and "wm" (tissue probabilities, 0..1), and "mask" (brain mask, 0 or 1).
+        Cached per grid.
+
+    Notes
+    -----
+    The 1 mm templates are smoothed before downsampling (Gaussian of FWHM
+    ``sqrt(resolution**2 - 1)`` mm) to avoid aliasing, then interpolated linearly.
+    The mask is the resampled 1 mm mask thresholded at 0.5.
+    """
+    if not isinstance(grid, Grid):
+        raise AnomalyInputError(f"grid: expected a Grid, got {type(grid).__name__}")
+    return dict(_template_images(grid))
+
+
+@lru_cache(maxsize=4)
+def _template_images(grid: Grid) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for key, img in _nilearn_templates().items():
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+        source_mm = float(np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0)).mean())
+        fwhm = math.sqrt(max(grid.resolution**2 - source_mm**2, 0.0))
+        if fwhm > 0:
+            data = ndimage.gaussian_filter(data, sigma=fwhm / (2.3548 * source_mm), mode="constant")
+        array = _resample(data, img.affine, grid, order=1)
+        if key == "mask":
+            array = (array >= 0.5).astype(np.float32)
+        array.setflags(write=False)  # shared by every caller through the cache
+        out[key] = array
+    return out
+
+
+# ------------------------------------------------------------------ resampling
+
+
+def _resample(data: np.ndarray, affine: np.ndarray, grid: Grid, order: int) -> np.ndarray:
+    """Pull ``data`` (voxel-to-world ``affine``) onto ``grid``; 0 outside its field of view."""
+    # Grid voxel -> source voxel: the only transform that interpolation needs.
+    matrix = np.linalg.solve(affine, grid.affine)
+    data = np.asarray(data, dtype=np.float32)
+    out = ndimage.affine_transform(
+        data,
+        matrix[:3, :3],
+        offset=matrix[:3, 3],
+        output_shape=grid.shape,
+        order=order,
+        mode="constant",  # no interpolation beyond the edge: outside stays exactly 0
+        cval=0.0,
+        prefilter=order > 1,
+        output=np.float32,
+    )
+    if order > 1:
+        # Cubic splines overshoot at edges; keep values within the input range
+        # (as nilearn's resample_img does), so that e.g. PET stays non-negative.
+        np.clip(out, min(float(data.min()), 0.0), max(float(data.max()), 0.0), out=out)
+    return out
+
+
+def resample_to_grid(
+    img: str | os.PathLike | nib.spatialimages.SpatialImage,
+    grid: Grid,
+    interpolation: Literal["continuous", "linear", "nearest"] = "continuous",
+) -> np.ndarray:
+    """Resample a 3D image onto a grid.
+
+    Parameters
+    ----------
+    img : str, os.PathLike or nibabel image
+        A 3D image (a 4D image with one volume is accepted) in world (MNI) space,
+        with any voxel size, orientation or field of view. Paths are loaded with
+        :func:`anomaly.io.load_image` without the MNI and value checks (so that
+        masks and label images may be empty); in-memory images are used as given.
+    grid : Grid
+        Target grid.
+    interpolation : {"continuous", "linear", "nearest"}, default="continuous"
+        Cubic B-spline (clipped to the input's range), trilinear, or nearest
+        neighbour (for labels and masks).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of ``grid.shape``; 0 outside the image's field of view.
+        Non-finite input voxels are treated as 0.
+    """
+    if interpolation not in _ORDERS:
+        raise AnomalyInputError(
+            f"interpolation: expected one of {', '.join(_ORDERS)}, got {interpolation!r}"
+        )
+    if not isinstance(grid, Grid):
+        raise AnomalyInputError(f"grid: expected a Grid, got {type(grid).__name__}")
+    if not isinstance(img, nib.spatialimages.SpatialImage):
+        img = load_image(img, check_mni=False, check_values=False)
+    shape = img.shape
+    if len(shape) < 3 or (len(shape) > 3 and math.prod(shape[3:]) != 1):
+        raise AnomalyInputError(f"img: expected a 3D image, got shape {shape}")
+    data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape[:3])
+    data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    # Flips and axis permutations to RAS are exact; doing them first means that only
+    # the remaining (RAS) transform is interpolated, whatever the input orientation.
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
+    return _resample(np.asarray(canonical.dataobj), canonical.affine, grid, _ORDERS[interpolation])
+
+
+# -------------------------------------------------------------- normalisation
+
+
+def _check_mask(data: np.ndarray, mask: np.ndarray | None, what: str) -> np.ndarray | None:
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != data.shape:
+        raise AnomalyInputError(
+            f"{what}: shape {mask.shape} does not match the data shape {data.shape}"
+        )
+    return mask.astype(bool)
+
+
+def _valid_voxels(
+    data: np.ndarray, brain_mask: np.ndarray, valid: np.ndarray | None
+) -> np.ndarray:
+    # Zeros inside the brain are voxels the image does not cover (outside its field
+    # of view, or removed by skull stripping): they carry no intensity information.
+    covered = np.isfinite(data) & (data != 0)
+    return brain_mask & covered if valid is None else brain_mask & valid & covered
+
+
+def normalise_mri(
+    data: np.ndarray,
+    brain_mask: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    name: str = "data",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Robust standardisation of an MRI volume inside the brain.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Intensities on the grid.
+    brain_mask : numpy.ndarray of bool
+        Brain mask, same shape.
+    valid : numpy.ndarray of bool, optional
+        Voxels that the image covers. Default: finite, non-zero voxels.
+    name : str, default="data"
+        Name used in error messages (e.g. the image file).
+
+    Returns
+    -------
+    array : numpy.ndarray
+        float32 ``(data - median) / (IQR / 1.349)`` over the valid brain voxels
+        (for a normal distribution the scale is its standard deviation); 0
+        outside the brain and at uncovered voxels (0 is the typical value, so gaps
+        do not look abnormal).
+    info : dict
+        ``median``, ``scale`` and ``n_voxels`` (valid brain voxels).
+
+    Raises
+    ------
+    AnomalyInputError
+        If no brain voxel is valid or the intensities have no spread.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    brain = _check_mask(data, brain_mask, "brain_mask")
+    good = _valid_voxels(data, brain, _check_mask(data, valid, "valid"))
+    values = data[good].astype(np.float64)
+    if values.size == 0:
+        raise AnomalyInputError(f"{name}: no non-zero voxel inside the brain mask")
+    q25, median, q75 = np.percentile(values, [25, 50, 75])
+    scale = (q75 - q25) / 1.349
+    if not scale > 0:
+        raise AnomalyInputError(
+            f"{name}: intensities inside the brain have no spread (interquartile range 0)"
+        )
+    out = np.zeros_like(data)
+    out[good] = ((values - median) / scale).astype(np.float32)
+    return out, {"median": float(median), "scale": float(scale), "n_voxels": int(values.size)}
+
+
+def normalise_pet(
+    data: np.ndarray,
+    brain_mask: np.ndarray,
+    reference_mask: np.ndarray | None = None,
+    *,
+    valid: np.ndarray | None = None,
+    name: str = "data",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """PET standardised uptake value ratio (SUVR) inside the brain.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        PET uptake on the grid.
+    brain_mask : numpy.ndarray of bool
+        Brain mask, same shape.
+    reference_mask : numpy.ndarray of bool, optional
+        Reference region (e.g. cerebellum), same shape; it is intersected with the
+        brain and the valid voxels. None: the whole brain ("global" normalisation).
+    valid : numpy.ndarray of bool, optional
+        Voxels that the image covers. Default: finite, non-zero voxels.
+    name : str, default="data"
+        Name used in error messages (e.g. the image file).
+
+    Returns
+    -------
+    array : numpy.ndarray
+        float32 ``data / mean(data in the reference)`` on valid brain voxels, 0
+        elsewhere.
+    info : dict
+        ``reference_value`` (the mean) and ``reference_voxels`` (its voxel count).
+
+    Raises
+    ------
+    AnomalyInputError
+        If the reference region has no valid voxel or a non-positive mean.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    brain = _check_mask(data, brain_mask, "brain_mask")
+    good = _valid_voxels(data, brain, _check_mask(data, valid, "valid"))
+    reference = good if reference_mask is None else good & _check_mask(
+        data, reference_mask, "reference_mask"
+    )
+    region = "the brain" if reference_mask is None else "the PET reference region"
+    n_ref = int(reference.sum())
+    if n_ref == 0:
+        raise AnomalyInputError(f"{name}: the image covers no voxel of {region}")
+    value = float(data[reference].astype(np.float64).mean())
+    if not value > 0:
+        raise AnomalyInputError(
+            f"{name}: mean uptake in {region} is {value:g}; expected a positive value"
+        )
+    out = np.zeros_like(data)
+    out[good] = data[good] / np.float32(value)
+    return out, {"reference_value": value, "reference_voxels": n_ref}
+
+
+# ------------------------------------------------------------------ subjects
+
+
+@dataclass
+class Preprocessed:
+    """One subject's images on the model grid, ready for a normative model.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        float32 [C, X, Y, Z], one normalised channel per modality (zeros for a
+        missing modality and outside the brain).
+    present : numpy.ndarray
+        bool [C], whether each modality was given.
+    modalities : list of str
+        Channel names (BIDS suffixes), in the order requested.
+    qc : dict
+        Per present modality: ``source`` (file or name), ``coverage`` (fraction of
+        the template brain mask whose nearest input voxel is non-zero) and the
+        normalisation info (MRI: ``median``, ``scale``, ``n_voxels``; PET:
+        ``reference``, ``reference_value``, ``reference_voxels``).
+    valid : numpy.ndarray
+        bool [C, X, Y, Z], brain voxels covered by each image (all False for a
+        missing modality); models should ignore the other voxels.
+    grid : Grid or None
+        The grid of ``data``.
+    """
+
+    data: np.ndarray
+    present: np.ndarray
+    modalities: list[str]
+    qc: dict[str, dict[str, Any]] = field(default_factory=dict)
+    valid: np.ndarray | None = None
+    grid: Grid | None = None
+
+
+def preprocess_subject(
+    images: Mapping[str, str | os.PathLike | nib.spatialimages.SpatialImage | None],
+    grid: Grid,
+    modalities: Sequence[str],
+    *,
+    pet_reference: str = "cerebellum",
+    reference_masks: Mapping[str, np.ndarray] | None = None,
+) -> Preprocessed:
+    """Validate, resample and normalise one subject's images onto the model grid.
+
+    Parameters
+    ----------
+    images : mapping of str to path or nibabel image
+        Image per modality (BIDS suffix). Modalities the model does not use are
+        ignored with a warning; None values count as missing.
+    grid : Grid
+        Model grid (see :func:`make_grid`).
+    modalities : sequence of str
+        The model's channels, in order.
+    pet_reference : str, default="cerebellum"
+        PET reference region: "global" (mean over the brain) or a key of
+        ``reference_masks`` ("cerebellum", "brainstem"...).
+    reference_masks : mapping of str to numpy.ndarray of bool, optional
+        Reference-region masks on ``grid``, built by the caller from an atlas, e.g.
+        ``{"cerebellum": atlas.resample_to(grid).region_mask("Cerebell")}``.
+        Needed only when a PET image is processed with a non-global reference.
+
+    Returns
+    -------
+    Preprocessed
+        Channels in the order of ``modalities``. The brain mask is the MNI152
+        template mask on the grid (inputs may or may not be skull-stripped).
+
+    Raises
+    ------
+    AnomalyInputError
+        For any invalid image (see :func:`anomaly.io.load_image`), an unknown
+        reference, a missing or misshaped reference mask, or when none of the
+        requested modalities is given.
+
+    Warns
+    -----
+    UserWarning
+        For ignored modalities and for images covering less than 80% of the brain.
+    """
+    if isinstance(modalities, str):
+        modalities = [modalities]
+    modalities = list(modalities)
+    if not modalities or len(set(modalities)) != len(modalities):
+        raise AnomalyInputError(
+            f"modalities: expected distinct modality names, got {modalities!r}"
+        )
+    if not isinstance(grid, Grid):
+        raise AnomalyInputError(f"grid: expected a Grid, got {type(grid).__name__}")
+    if pet_reference != "global" and (not isinstance(pet_reference, str) or not pet_reference):
+        raise AnomalyInputError(f"pet_reference: expected a region name, got {pet_reference!r}")
+
+    given = {m: src for m, src in images.items() if src is not None}
+    ignored = sorted(set(given) - set(modalities))
+    if ignored:
+        warnings.warn(
+            "ignoring image(s) of modalities the model does not use: "
+            + ", ".join(f"{m} ({_source_name(given[m])})" for m in ignored),
+            UserWarning,
+            stacklevel=2,
+        )
+    if not any(m in given for m in modalities):
+        got = ", ".join(sorted(given)) or "none"
+        raise AnomalyInputError(
+            f"images: none of the model's modalities ({', '.join(modalities)}) "
+            f"was given (got: {got})"
+        )
+
+    reference: np.ndarray | None = None
+    if PET_MODALITY in modalities and PET_MODALITY in given and pet_reference != "global":
+        if reference_masks is None or pet_reference not in reference_masks:
+            raise AnomalyInputError(
+                f"pet_reference: no mask given for {pet_reference!r} in reference_masks; "
+                "build it from an atlas or use 'global'"
+            )
+        reference = np.asarray(reference_masks[pet_reference])
+        if reference.shape != grid.shape:
+            raise AnomalyInputError(
+                f"reference_masks[{pet_reference!r}]: shape {reference.shape} does not "
+                f"match the grid shape {grid.shape}"
+            )
+        reference = reference.astype(bool)
+
+    brain = template_images(grid)["mask"] > 0.5
+    n_brain = int(brain.sum())
+    data = np.zeros((len(modalities), *grid.shape), dtype=np.float32)
+    valid = np.zeros(data.shape, dtype=bool)
+    present = np.zeros(len(modalities), dtype=bool)
+    qc: dict[str, dict[str, Any]] = {}
+    for channel, modality in enumerate(modalities):
+        if modality not in given:
+            continue
+        label = _source_name(given[modality])
+        img = load_image(given[modality], name=label, check_mni=True)
+        resampled = resample_to_grid(img, grid, "continuous")
+        # Coverage from the nearest input voxel: spline interpolation bleeds small
+        # values into empty regions, which must not count as covered.
+        signal = nib.Nifti1Image((np.asarray(img.dataobj) != 0).astype(np.uint8), img.affine)
+        covered = brain & (resample_to_grid(signal, grid, "nearest") > 0) & (resampled != 0)
+        coverage = float(covered.sum()) / n_brain
+        if coverage < _LOW_COVERAGE:
+            warnings.warn(
+                f"{label}: image covers only {coverage:.0%} of the brain",
+                UserWarning,
+                stacklevel=2,
+            )
+        if modality == PET_MODALITY:
+            normalised, info = normalise_pet(
+                resampled, brain, reference, valid=covered, name=label
+            )
+            info = {"reference": pet_reference, **info}
+        else:
+            normalised, info = normalise_mri(resampled, brain, valid=covered, name=label)
+        data[channel] = normalised
+        valid[channel] = covered
+        present[channel] = True
+        qc[modality] = {"source": label, "coverage": coverage, **info}
+    return Preprocessed(
+        data=data, present=present, modalities=modalities, qc=qc, valid=valid, grid=grid
+    )
+
+
+def _source_name(source: Any) -> str:
+    if isinstance(source, nib.spatialimages.SpatialImage):
+        filename = source.get_filename()
+        return str(filename) if filename else "image"
+    return str(source)
