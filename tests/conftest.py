@@ -31,7 +31,7 @@ def _single_torch_thread():
 # normative, scoring, CLI and report tests so that each is built only once.
 SIM_HEALTHY = 10
 SIM_PATIENTS = 6
-AE_TEST_SETTINGS = dict(resolution=4.0, epochs=4, batch_size=2, channels=(8, 16, 32, 64), lr=3e-3,
+AE_TEST_SETTINGS = dict(resolution=4.0, epochs=12, batch_size=1, channels=(8, 16, 32, 64), lr=3e-3,
                         val_fraction=0.3, seed=0, device="cpu")
 
 

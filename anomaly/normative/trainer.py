@@ -234,7 +234,7 @@ def train_autoencoder(network: torch.nn.Module, train_set: torch.utils.data.Data
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                running += float(loss) * len(images)
+                running += loss.item() * len(images)
                 seen += len(images)
                 bar.set_postfix(loss=f"{running / seen:.4f}")
                 bar.update(1)
