@@ -96,6 +96,9 @@ MIN_MNI_OVERLAP = 0.5
 _NAN_MASK_EROSION = 3
 
 _NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+#: Compressed files whose header claims more data than this (bytes) are streamed once
+#: to check their length before the data are read (see :func:`_check_data_size`).
+_CHECKED_DATA_BYTES = 32 * 2**20
 
 
 def load_image(
@@ -180,6 +183,7 @@ def load_image(
     if check_mni:
         _check_mni_overlap(spatial, affine, label)
 
+    _check_data_size(source, label)
     data = _read_data(source, label).reshape(spatial)
 
     if check_values:
@@ -323,11 +327,51 @@ def _check_mni_overlap(shape: tuple[int, ...], affine: np.ndarray, label: str) -
         )
 
 
+def _check_data_size(source: nib.spatialimages.SpatialImage, label: str) -> None:
+    """Refuse a file too short for the data its header describes, before reading them.
+
+    nibabel allocates the whole data block before it finds the file short, so a tiny
+    file with a corrupt header (dims, data type, vox_offset) could cost gigabytes.
+    Uncompressed files are checked from their size; compressed ones are streamed
+    (without keeping the data) when the header claims more than
+    :data:`_CHECKED_DATA_BYTES`.
+    """
+    proxy = source.dataobj
+    holder = source.file_map.get("image") if nib.is_proxy(proxy) else None
+    filename = getattr(holder, "filename", None)
+    if filename is None:
+        return  # in memory, or an open file object: nothing to check against
+    offset = int(getattr(proxy, "offset", 0))
+    need = offset + math.prod(source.shape) * np.dtype(source.get_data_dtype()).itemsize
+    problem = (f"{label}: image data are truncated or corrupt (the header describes data up to "
+               f"byte {need}, beyond the end of the file)")
+    if Path(filename).suffix.lower() not in nib.openers.ImageOpener.compress_ext_map:
+        if need > os.path.getsize(filename):
+            raise AnomalyInputError(problem)
+        return
+    if need <= _CHECKED_DATA_BYTES:
+        return
+    got = 0
+    try:
+        with nib.openers.ImageOpener(filename) as stream:
+            while got < need:
+                chunk = stream.read(min(1 << 20, need - got))
+                if not chunk:
+                    break
+                got += len(chunk)
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise AnomalyInputError(
+            f"{label}: image data are truncated or corrupt ({_describe(exc)})"
+        ) from exc
+    if got < need:
+        raise AnomalyInputError(problem)
+
+
 def _read_data(source: nib.spatialimages.SpatialImage, label: str) -> np.ndarray:
     try:
         # get_fdata applies scl_slope/scl_inter; float32 halves the memory.
         return np.asarray(source.get_fdata(dtype=np.float32), dtype=np.float32).copy()
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, OverflowError) as exc:
         raise AnomalyInputError(
             f"{label}: image data are truncated or corrupt ({_describe(exc)})"
         ) from exc
@@ -482,9 +526,18 @@ def read_participants(path: str | os.PathLike) -> pd.DataFrame:
             "expected a participants.tsv file"
         )
     try:
-        table = pd.read_csv(
-            path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8-sig"
-        )
+        # index_col=False: a row with an extra cell must not turn the first column into
+        # the index (which shifts every column); pandas warns instead, made an error here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(
+                path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                index_col=False,
+            )
+    except pd.errors.ParserWarning as exc:
+        raise AnomalyInputError(
+            f"{label}: a line has more tab-separated fields than the header line"
+        ) from exc
     except pd.errors.EmptyDataError as exc:
         raise AnomalyInputError(f"{label}: file is empty; expected a header line") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:

@@ -92,15 +92,14 @@ def save_model(model, folder: Path) -> Path:
 def load_model(folder: Path, *, device: str = "cpu"):
     """Load and verify a model folder; see the module docstring for what is checked."""
     from safetensors.numpy import load_file as load_numpy
-    from safetensors.torch import load_file as load_torch
 
     from anomaly.normative.calibration import CalibrationMaps
     from anomaly.normative.model import NormativeModel
-    from anomaly.normative.network import build_network
     from anomaly.preprocess import Grid
 
     if not folder.is_dir():
-        raise AnomalyModelError(f"{folder}: model folder not found")
+        problem = "is a file; expected a model folder" if folder.exists() else "model folder not found"
+        raise AnomalyModelError(f"{folder}: {problem}")
     meta_path = folder / METADATA
     if not meta_path.is_file():
         raise AnomalyModelError(f"{meta_path}: missing; not an anomaly model folder")
@@ -152,6 +151,11 @@ def load_model(folder: Path, *, device: str = "cpu"):
     model.n_calibration_ = model.train_summary_.get("n_calibration", 0)
     model.network_ = None
     if model.method == "ae":
+        # torch and MONAI take seconds to import: only autoencoder models need them.
+        from safetensors.torch import load_file as load_torch
+
+        from anomaly.normative.network import build_network
+
         try:
             state = load_torch(str(folder / WEIGHTS))
         except Exception as exc:
