@@ -1,0 +1,620 @@
+"""Multiple-instance attention regressor of the CRS-R over atlas regions.
+
+Each patient is a bag, each atlas region an instance. An instance is the region's row
+of statistics (all modalities; missing values set to 0 after standardisation plus one
+"fraction missing" flag per feature group) concatenated with a learned embedding of the
+region's identity. A shared layer embeds every instance, gated attention pooling
+(Ilse et al. 2018) weighs the regions,
+
+    a_k = softmax_k( w^T (tanh(V h_k) * sigmoid(U h_k)) ),   z = sum_k a_k h_k,
+
+and a small head maps the bag embedding ``z`` (plus subject-level values such as the
+global cortical PET level, when present) to what the loss needs (see
+:mod:`anomaly.crs.losses`).
+
+The ensemble of ``n_seeds`` members is trained as ONE vectorised model: every weight
+has a leading member axis, the loss is the sum of the members' losses, and AdamW is
+element-wise, so the members are trained exactly as if they were trained one by one,
+at the cost of one.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from .curriculum import CURRICULA, curriculum_masks, curriculum_order, pacing_sizes
+from .features import RegionBags, as_region_bags, feature_group
+from .losses import N_LEVELS, LossSpec, coral_point, corn_point, head_probabilities, lds_weights, softmax_point
+
+__all__ = ["EnsembleMILNet", "MILRegressor"]
+
+_HEAD_OUT = {"scalar": 1, "coral": N_LEVELS - 1, "corn": N_LEVELS - 1, "softmax": N_LEVELS}
+
+
+def _uniform(gen: torch.Generator, shape: Sequence[int], fan_in: int) -> torch.Tensor:
+    # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    bound = 1.0 / math.sqrt(max(fan_in, 1))
+    return (torch.rand(*shape, generator=gen) * 2.0 - 1.0) * bound
+
+
+class EnsembleMILNet(nn.Module):
+    """``S`` independent gated-attention MIL networks stored as stacked weights.
+
+    Parameters
+    ----------
+    n_members : int
+        Ensemble size ``S``.
+    n_inputs : int
+        Instance features (standardised features + missing flags).
+    n_regions : int
+        Number of regions ``R`` (size of the region-identity embedding table).
+    n_globals : int
+        Subject-level inputs appended to the bag embedding (0 for none).
+    hidden : int
+        Instance embedding size ``H``.
+    region_embedding : int
+        Size of the learned region-identity embedding (0 disables it).
+    attention_dim : int
+        Size ``L`` of the gated-attention hidden layer.
+    dropout : float
+        Dropout of instance-embedding channels during training (one mask per bag
+        and member, shared by the bag's regions).
+    heads : sequence of str
+        Output heads (``"scalar"``, ``"coral"``, ``"corn"``, ``"softmax"``).
+    seeds : sequence of int
+        One initialisation seed per member.
+    """
+
+    def __init__(self, *, n_members: int, n_inputs: int, n_regions: int, n_globals: int, hidden: int,
+                 region_embedding: int, attention_dim: int, dropout: float, heads: Sequence[str],
+                 seeds: Sequence[int]) -> None:
+        super().__init__()
+        S, H, L, d = n_members, hidden, attention_dim, region_embedding
+        self.heads = list(heads)
+        self.dropout = float(dropout)
+        self.n_globals = n_globals
+        init: dict[str, list[torch.Tensor]] = {}
+
+        def add(name: str, tensor: torch.Tensor) -> None:
+            init.setdefault(name, []).append(tensor)
+
+        for seed in seeds:
+            gen = torch.Generator().manual_seed(int(seed))
+            add("w_in", _uniform(gen, (n_inputs, H), n_inputs + d))
+            add("b_in", _uniform(gen, (H,), n_inputs + d))
+            if d > 0:
+                add("region_embedding", torch.randn(n_regions, d, generator=gen))
+                add("w_region", _uniform(gen, (d, H), n_inputs + d))
+            add("att_v", _uniform(gen, (H, L), H))
+            add("att_v_bias", _uniform(gen, (L,), H))
+            add("att_u", _uniform(gen, (H, L), H))
+            add("att_u_bias", _uniform(gen, (L,), H))
+            add("att_w", _uniform(gen, (L,), L))
+            D = H + n_globals
+            for head in self.heads:
+                # CORAL shares one weight vector across the K-1 thresholds; so does CORN
+                # here: 23 independent weight vectors overfit ~50 patients badly, and the
+                # conditional training, not the weights, makes CORN rank-consistent.
+                n_w = 1 if head in ("coral", "corn") else _HEAD_OUT[head]
+                add(f"{head}_weight", _uniform(gen, (D, n_w), D))
+                add(f"{head}_bias", torch.zeros(_HEAD_OUT[head]))
+        for name, tensors in init.items():
+            self.register_parameter(name, nn.Parameter(torch.stack(tensors)))
+        assert len(seeds) == S
+
+    @property
+    def n_members(self) -> int:
+        return int(self.w_in.shape[0])
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Forward pass.
+
+        Parameters
+        ----------
+        x : tensor (N, R, n_inputs)
+        g : tensor (N, n_globals), optional
+
+        Returns
+        -------
+        dict
+            ``attention`` (S, N, R) and one entry per head: ``scalar`` (S, N) or
+            logits (S, N, K-1 / K).
+        """
+        S = self.w_in.shape[0]
+        N, R, _ = x.shape
+        # Flatten bags x regions so that each member is one (N*R, I) @ (I, H) matmul.
+        h = torch.matmul(x.reshape(1, N * R, -1), self.w_in) + self.b_in[:, None, :]
+        h = h.view(S, N, R, -1)
+        if hasattr(self, "region_embedding"):
+            # Region identity: lets attention and the embedding depend on *where*.
+            h = h + torch.bmm(self.region_embedding, self.w_region)[:, None]
+        h = F.relu(h)
+        if self.training and self.dropout > 0:
+            # Channel dropout shared by a bag's regions: one mask per (member, bag,
+            # channel). Element-wise masks cost more than the rest of the step here.
+            keep = (torch.rand(S, N, 1, h.shape[-1], device=h.device) >= self.dropout).to(h.dtype)
+            h = h * keep / (1.0 - self.dropout)
+        # Both gates in one matmul: [tanh(V h) | sigmoid(U h)].
+        vu = torch.bmm(h.view(S, N * R, -1), torch.cat([self.att_v, self.att_u], dim=-1))
+        vu = vu + torch.cat([self.att_v_bias, self.att_u_bias], dim=-1)[:, None, :]
+        L = self.att_v.shape[-1]
+        gate = torch.tanh(vu[..., :L]) * torch.sigmoid(vu[..., L:])
+        scores = torch.bmm(gate, self.att_w[:, :, None]).view(S, N, R)
+        attention = torch.softmax(scores, dim=-1)
+        z = torch.einsum("snr,snrh->snh", attention, h)
+        if self.n_globals:
+            z = torch.cat([z, g.unsqueeze(0).expand(S, -1, -1)], dim=-1)
+        out = {"attention": attention}
+        for head in self.heads:
+            value = torch.einsum("snd,sdk->snk", z, getattr(self, f"{head}_weight")) + getattr(self, f"{head}_bias")[:, None, :]
+            out[head] = value[..., 0] if head == "scalar" else value
+        return out
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available")
+    return dev
+
+
+class MILRegressor(BaseEstimator):
+    """Gated-attention multiple-instance regressor of the CRS-R total score.
+
+    Parameters
+    ----------
+    loss : str or mapping, default="mse"
+        ``"mse"``, ``"huber"``, ``"coral"``, ``"corn"``, ``"rank"``, ``"kappa"``,
+        ``"soft"`` or a combination such as ``"coral+rank"`` or ``"mse:1,rank:0.5"``
+        (see :func:`anomaly.crs.losses.parse_loss`). The first non-ranking loss gives
+        the point prediction.
+    loss_weights : mapping, optional
+        Weights overriding those in ``loss``.
+    hidden : int, default=16
+        Instance embedding size.
+    region_embedding : int, default=4
+        Size of the learned region-identity embedding.
+    attention_dim : int, default=8
+        Gated-attention hidden size.
+    dropout : float, default=0.1
+        Channel dropout of the instance embeddings (see :class:`EnsembleMILNet`).
+    weight_decay : float, default=1e-3
+        AdamW decoupled weight decay.
+    lr : float, default=1e-2
+        Initial learning rate (cosine-annealed to 5% over training).
+    epochs : int, default=150
+    batch_size : int, optional
+        Bags per step; None (default) trains full-batch, which for ~50 bags is both
+        fastest and best for the pairwise and kappa losses.
+    n_seeds : int, default=5
+        Ensemble members (different initialisations and dropout draws); predictions
+        are the ensemble mean and their spread a measure of model uncertainty.
+    lds : bool, default=False
+        Label-distribution-smoothing sample weights against label imbalance.
+    curriculum : {None, "confidence", "self-paced", "random"}
+        Easy-to-hard ordering with linear pacing (``"random"`` is the control with the
+        same growing set sizes).
+    curriculum_start : float, default=0.4
+        Fraction of the training set used at the first epoch; the set grows linearly
+        to the full set over the first half of the epochs.
+    mcs_cut : float, default=8
+        UWS/MCS boundary used by the "confidence" curriculum when no label SDs are
+        given.
+    label_sd : float, default=1.5
+        Label-noise SD for the soft-label loss when a patient has no ``crs_sd``.
+    use_globals : bool, default=True
+        Feed subject-level values (``global_features``) to the head.
+    modality_dropout : float, default=0.0
+        During training, each bag's modality groups (e.g. all ``pet_*`` columns, and
+        subject-level values named after the modality) are hidden with this
+        probability, exactly as a missing modality is presented (value 0 = training
+        mean, missing flag 1), so that a model trained on patients who nearly all
+        have PET has seen bags without PET. Off by default: on the synthetic benchmark
+        (4% of patients without PET) it did not change the error measurably.
+    seed : int, default=0
+    device : str, default="cpu"
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+
+    Attributes
+    ----------
+    net_ : EnsembleMILNet
+    feature_names_, region_index_, region_names_, global_feature_names_ : list
+    feature_mean_, feature_scale_ : ndarray (F,)
+        Standardisation fitted on the training bags (NaN-aware).
+    global_mean_, global_scale_ : ndarray (G,)
+    groups_ : list of str
+        Feature groups that get a missing flag.
+    y_mean_, y_scale_ : float
+    calibration_ : ndarray (S, 2)
+        Per-member affine map of the raw prediction (identity unless the loss is
+        scale free, i.e. ranking only).
+    sample_weight_ : ndarray (N,)
+        LDS weights used in training (ones without ``lds``).
+    curriculum_sizes_ : ndarray (epochs,) or None
+    loss_history_ : ndarray (epochs,)
+        Mean member loss per epoch.
+    """
+
+    def __init__(self, loss: str | Mapping[str, float] = "mse", loss_weights: Mapping[str, float] | None = None,
+                 hidden: int = 16, region_embedding: int = 4, attention_dim: int = 8, dropout: float = 0.1,
+                 weight_decay: float = 1e-3, lr: float = 1e-2, epochs: int = 150, batch_size: int | None = None,
+                 n_seeds: int = 5, lds: bool = False, curriculum: str | None = None, curriculum_start: float = 0.4,
+                 mcs_cut: float = 8, label_sd: float = 1.5, use_globals: bool = True,
+                 modality_dropout: float = 0.0, seed: int = 0, device: str = "cpu") -> None:
+        self.loss = loss
+        self.loss_weights = loss_weights
+        self.hidden = hidden
+        self.region_embedding = region_embedding
+        self.attention_dim = attention_dim
+        self.dropout = dropout
+        self.weight_decay = weight_decay
+        self.lr = lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.n_seeds = n_seeds
+        self.lds = lds
+        self.curriculum = curriculum
+        self.curriculum_start = curriculum_start
+        self.mcs_cut = mcs_cut
+        self.label_sd = label_sd
+        self.use_globals = use_globals
+        self.modality_dropout = modality_dropout
+        self.seed = seed
+        self.device = device
+
+    # ------------------------------------------------------------------ validation
+    def _validate_params(self) -> LossSpec:
+        spec = LossSpec.parse(self.loss, self.loss_weights)
+        for name in ("hidden", "epochs", "n_seeds"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.region_embedding) < 0 or int(self.attention_dim) < 1:
+            raise ValueError("region_embedding must be >= 0 and attention_dim >= 1")
+        if not 0 <= float(self.dropout) < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if float(self.lr) <= 0 or float(self.weight_decay) < 0:
+            raise ValueError("lr must be > 0 and weight_decay >= 0")
+        if self.batch_size is not None and int(self.batch_size) < 2:
+            raise ValueError(f"batch_size must be None or >= 2, got {self.batch_size}")
+        if self.curriculum is not None and self.curriculum not in CURRICULA:
+            raise ValueError(f"curriculum must be None or one of {', '.join(CURRICULA)}, got {self.curriculum!r}")
+        if not 0 <= float(self.modality_dropout) < 1:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
+        if not float(self.label_sd) > 0:
+            raise ValueError(f"label_sd must be > 0, got {self.label_sd}")
+        return spec
+
+    # ------------------------------------------------------------------ inputs
+    def _fit_standardisation(self, bags: RegionBags) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            flat = bags.features.reshape(-1, bags.features.shape[-1])
+            mean = np.nanmean(flat, axis=0)
+            scale = np.nanstd(flat, axis=0)
+            if bags.global_features is not None and self.use_globals:
+                gmean = np.nanmean(bags.global_features, axis=0)
+                gscale = np.nanstd(bags.global_features, axis=0)
+            else:
+                gmean = gscale = np.zeros(0)
+        # A feature never observed in training carries no information: centre 0, scale 1.
+        self.feature_mean_ = np.where(np.isfinite(mean), mean, 0.0).astype(np.float64)
+        self.feature_scale_ = np.where(np.isfinite(scale) & (scale > 1e-8), scale, 1.0).astype(np.float64)
+        self.global_mean_ = np.where(np.isfinite(gmean), gmean, 0.0).astype(np.float64)
+        self.global_scale_ = np.where(np.isfinite(gscale) & (gscale > 1e-8), gscale, 1.0).astype(np.float64)
+        self.groups_ = list(dict.fromkeys(feature_group(n) for n in self.feature_names_))
+
+    def _design(self, bags: RegionBags) -> tuple[np.ndarray, np.ndarray | None]:
+        """Standardised instance inputs (N, R, F + n_groups) and global inputs (N, 2G)."""
+        x = (bags.features.astype(np.float64) - self.feature_mean_) / self.feature_scale_
+        miss = bags.missing | ~np.isfinite(x)
+        x = np.where(miss, 0.0, x)  # missing -> the training mean
+        group_of = np.array([self.groups_.index(feature_group(n)) for n in self.feature_names_])
+        flags = np.zeros(x.shape[:2] + (len(self.groups_),))
+        for k in range(len(self.groups_)):
+            flags[..., k] = miss[..., group_of == k].mean(-1)
+        x = np.concatenate([x, flags], axis=-1).astype(np.float32)
+        g = None
+        if len(self.global_feature_names_):
+            graw = bags.global_features if bags.global_features is not None else np.full((len(bags), len(self.global_feature_names_)), np.nan)
+            gz = (graw.astype(np.float64) - self.global_mean_) / self.global_scale_
+            gmiss = ~np.isfinite(gz)
+            g = np.concatenate([np.where(gmiss, 0.0, gz), gmiss], axis=-1).astype(np.float32)
+        return x, g
+
+    def _check_bags(self, bags: RegionBags | np.ndarray) -> RegionBags:
+        check_is_fitted(self, "net_")
+        if not isinstance(bags, RegionBags):
+            arr = np.asarray(bags, dtype=np.float32)
+            if arr.ndim != 3 or arr.shape[1:] != (len(self.region_index_), len(self.feature_names_)):
+                raise ValueError(
+                    f"bags array must have shape (N, {len(self.region_index_)}, {len(self.feature_names_)}), got {arr.shape}"
+                )
+            bags = RegionBags.from_array(arr, feature_names=self.feature_names_, region_index=self.region_index_,
+                                         region_names=self.region_names_)
+        if (np.array_equal(bags.region_index, self.region_index_) and bags.feature_names == self.feature_names_
+                and bags.global_feature_names == self.global_feature_names_):
+            return bags
+        return bags.align(region_index=self.region_index_, feature_names=self.feature_names_,
+                          global_feature_names=self.global_feature_names_)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, bags: RegionBags | np.ndarray, y: Sequence[float], y_sd: Sequence[float] | None = None) -> "MILRegressor":
+        """Fit the ensemble.
+
+        Parameters
+        ----------
+        bags : RegionBags or array (N, R, F)
+            NaN / ``missing`` entries are handled (set to the training mean + flag).
+        y : array-like (N,)
+            CRS-R totals in 0..23.
+        y_sd : array-like (N,), optional
+            Per-patient label SD (``crs_sd``); used by the soft-label loss and the
+            confidence curriculum. NaN -> ``label_sd``.
+
+        Returns
+        -------
+        self
+        """
+        spec = self._validate_params()
+        bags = as_region_bags(bags)
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if y.shape[0] != len(bags):
+            raise ValueError(f"y has {y.shape[0]} values but there are {len(bags)} bags")
+        if not np.isfinite(y).all():
+            raise ValueError("y contains missing or non-finite values")
+        if (y < 0).any() or (y > N_LEVELS - 1).any():
+            raise ValueError(f"y must be CRS-R totals in 0..{N_LEVELS - 1}")
+        if len(bags) < 2:
+            raise ValueError("at least 2 bags are needed to fit")
+        if any(h != "scalar" for h in spec.heads):
+            y = np.rint(y)  # ordinal heads need integer levels
+        sd = np.full(len(y), float(self.label_sd)) if y_sd is None else np.asarray(y_sd, dtype=np.float64).reshape(-1)
+        if sd.shape != y.shape:
+            raise ValueError("y_sd must have one value per bag")
+        sd_known = None if y_sd is None else sd.copy()
+        sd = np.where(np.isfinite(sd) & (sd > 0), sd, float(self.label_sd))
+
+        self.feature_names_ = list(bags.feature_names)
+        self.region_index_ = np.asarray(bags.region_index, dtype=np.int64)
+        self.region_names_ = list(bags.region_names)
+        self.global_feature_names_ = list(bags.global_feature_names) if (self.use_globals and bags.global_features is not None) else []
+        self.atlas_ = bags.atlas
+        self._fit_standardisation(bags)
+        self.n_features_in_ = len(self.feature_names_)
+        self.y_mean_ = float(y.mean())
+        self.y_scale_ = float(max(y.std(), 1.0))
+        self.sample_weight_ = lds_weights(y) if self.lds else np.ones(len(y))
+
+        n_members = int(self.n_seeds)
+        masks = None
+        self.curriculum_sizes_ = None
+        if self.curriculum is not None:
+            rng = np.random.default_rng(self.seed)
+            sample_loss = None
+            if self.curriculum == "self-paced":
+                # A quick first model (same losses, one member, a quarter of the epochs)
+                # scores every training bag; those it already fits are the easy ones.
+                first = self.__class__(**{**self.get_params(), "curriculum": None, "n_seeds": 1,
+                                          "epochs": max(10, int(self.epochs) // 4)})
+                first.fit(bags, y, y_sd)
+                sample_loss = np.abs(first.predict(bags) - y)
+            order = curriculum_order(self.curriculum, y=y, y_sd=sd_known, sample_loss=sample_loss,
+                                     cut=float(self.mcs_cut), rng=rng)
+            self.curriculum_sizes_ = pacing_sizes(len(y), int(self.epochs), start=float(self.curriculum_start))
+            masks = curriculum_masks(order, self.curriculum_sizes_)
+
+        x, g = self._design(bags)
+        device = _resolve_device(self.device)
+        seeds = [int(self.seed) * 1000 + k for k in range(n_members)]
+        net = EnsembleMILNet(
+            n_members=n_members, n_inputs=x.shape[-1], n_regions=x.shape[1], n_globals=0 if g is None else g.shape[1],
+            hidden=int(self.hidden), region_embedding=int(self.region_embedding), attention_dim=int(self.attention_dim),
+            dropout=float(self.dropout), heads=spec.heads, seeds=seeds,
+        )
+        self._init_head_biases(net, y)
+        net.to(device)
+        self.loss_history_ = self._train(net, spec, x, g, y, sd, self.sample_weight_, masks, device)
+        net.eval()
+        self.net_ = net
+        self.calibration_ = np.tile([1.0, 0.0], (n_members, 1))
+        if spec.scale_free:
+            # Ranking fixes the order only: map each member's score onto the label scale
+            # by least squares on the training bags.
+            raw = self._raw_points(x, g)
+            for s in range(n_members):
+                A = np.stack([raw[s], np.ones_like(raw[s])], 1)
+                self.calibration_[s] = np.linalg.lstsq(A, y, rcond=None)[0]
+        return self
+
+    def _init_head_biases(self, net: EnsembleMILNet, y: np.ndarray) -> None:
+        """Start ordinal/softmax heads at the (smoothed) training label prior."""
+        levels = np.arange(N_LEVELS)
+        with torch.no_grad():
+            if "coral" in net.heads:
+                p = (np.array([(y > k).sum() for k in levels[:-1]]) + 0.5) / (len(y) + 1.0)
+                net.coral_bias.copy_(torch.as_tensor(np.log(p / (1 - p)), dtype=torch.float32))
+            if "corn" in net.heads:
+                above = np.array([(y > k).sum() for k in levels[:-1]])
+                at_risk = np.array([(y >= k).sum() for k in levels[:-1]])
+                p = (above + 0.5) / (at_risk + 1.0)
+                net.corn_bias.copy_(torch.as_tensor(np.log(p / (1 - p)), dtype=torch.float32))
+            if "softmax" in net.heads:
+                hist = np.bincount(np.rint(y).astype(int), minlength=N_LEVELS) + 0.5
+                net.softmax_bias.copy_(torch.as_tensor(np.log(hist / hist.sum()), dtype=torch.float32))
+
+    def _points(self, out: Mapping[str, torch.Tensor], head: str) -> torch.Tensor:
+        """Primary-head prediction on the label scale (S, N)."""
+        if head == "scalar":
+            return self.y_mean_ + self.y_scale_ * out["scalar"]
+        if head == "coral":
+            return coral_point(out["coral"])
+        if head == "corn":
+            return corn_point(out["corn"])
+        return softmax_point(out["softmax"])
+
+    def _train(self, net: EnsembleMILNet, spec: LossSpec, x: np.ndarray, g: np.ndarray | None, y: np.ndarray,
+               sd: np.ndarray, weight: np.ndarray, masks: np.ndarray | None, device: torch.device) -> np.ndarray:
+        xt = torch.as_tensor(x, device=device)
+        gt = None if g is None else torch.as_tensor(g, device=device)
+        drop = self._modality_dropout_plan(device)
+        yt = torch.as_tensor(y, dtype=torch.float32, device=device)
+        sdt = torch.as_tensor(sd, dtype=torch.float32, device=device)
+        wt = torch.as_tensor(weight, dtype=torch.float32, device=device)
+        mt = None if masks is None else torch.as_tensor(masks, dtype=torch.float32, device=device)
+        epochs = int(self.epochs)
+        opt = torch.optim.AdamW(net.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=0.05 * float(self.lr))
+        n = len(y)
+        bs = n if self.batch_size is None else min(int(self.batch_size), n)
+        head = spec.primary
+        history = np.zeros(epochs)
+        # Own RNG stream for dropout and batch order: reproducible, no global side effects.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(int(self.seed))
+            net.train()
+            for epoch in range(epochs):
+                w_epoch = wt if mt is None else wt * mt[epoch]
+                x_epoch, g_epoch = (xt, gt) if drop is None else self._drop_modalities(xt, gt, drop)
+                order = torch.randperm(n, device=device) if bs < n else torch.arange(n, device=device)
+                total = 0.0
+                for start in range(0, n, bs):
+                    idx = order[start:start + bs]
+                    if bs < n and len(idx) < 2:
+                        continue  # a lone bag has no pairs and no batch statistics
+                    if float(w_epoch[idx].sum()) <= 0:
+                        continue
+                    out = net(x_epoch[idx], None if g_epoch is None else g_epoch[idx])
+                    out["point"] = self._points(out, head)
+                    loss = spec(out, yt[idx], w_epoch[idx], y_mean=self.y_mean_, y_scale=self.y_scale_, sd=sdt[idx])
+                    opt.zero_grad(set_to_none=True)
+                    # Members are independent: summing their losses keeps their gradients apart.
+                    loss.sum().backward()
+                    opt.step()
+                    total += float(loss.detach().mean()) * len(idx)
+                sched.step()
+                history[epoch] = total / n
+        return history
+
+    def _modality_dropout_plan(self, device: torch.device) -> dict[str, torch.Tensor] | None:
+        """Which design columns each droppable group controls (None: nothing to drop)."""
+        p = float(self.modality_dropout)
+        # The combined anomaly summary exists whatever modalities a subject has.
+        droppable = [k for k, grp in enumerate(self.groups_) if grp != "anomaly"]
+        if p <= 0 or not droppable:
+            return None
+        F, G = len(self.feature_names_), len(self.groups_)
+        group_of = np.array([self.groups_.index(feature_group(n)) for n in self.feature_names_])
+        member = np.zeros((G, F + G), dtype=np.float32)  # group -> its value columns
+        flag = np.zeros((G, F + G), dtype=np.float32)  # group -> its missing flag column
+        for k in droppable:
+            member[k, :F] = group_of == k
+            flag[k, F + k] = 1.0
+        n_glob = len(self.global_feature_names_)
+        gmember = np.zeros((G, 2 * n_glob), dtype=np.float32)
+        for j, name in enumerate(self.global_feature_names_):
+            for k in droppable:  # e.g. global_cortical_pet_percent goes with "pet"
+                if self.groups_[k] in name.split("_"):
+                    gmember[k, j] = 1.0
+                    gmember[k, n_glob + j] = -1.0  # marks the flag column
+        as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+        return {"p": torch.tensor(p), "droppable": as_t(np.isin(np.arange(G), droppable).astype(np.float32)),
+                "member": as_t(member), "flag": as_t(flag), "gmember": as_t(gmember)}
+
+    @staticmethod
+    def _drop_modalities(x: torch.Tensor, g: torch.Tensor | None,
+                         plan: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hide random (bag, group) pairs as if the modality were missing."""
+        n = x.shape[0]
+        hidden = (torch.rand(n, plan["droppable"].numel(), device=x.device) < plan["p"]).float() * plan["droppable"]
+        cols = (hidden @ plan["member"]).clamp_max(1.0)  # (N, F+G): value columns to zero
+        flags = (hidden @ plan["flag"]).clamp_max(1.0)  # (N, F+G): flag columns to set
+        # Value and flag columns are disjoint: values -> 0 (the training mean), flags -> 1.
+        x = x * (1.0 - cols - flags)[:, None, :] + flags[:, None, :]
+        if g is not None and g.shape[1]:
+            gm = hidden @ plan["gmember"]
+            values, flag_cols = (gm > 0).float(), (gm < 0).float()
+            g = g * (1.0 - values - flag_cols) + flag_cols
+        return x, g
+
+    # ------------------------------------------------------------------ inference
+    def _forward_eval(self, x: np.ndarray, g: np.ndarray | None, chunk: int = 256) -> dict[str, np.ndarray]:
+        net = self.net_
+        device = next(net.parameters()).device
+        head = LossSpec.parse(self.loss, self.loss_weights).primary
+        parts: dict[str, list[np.ndarray]] = {}
+        net.eval()
+        with torch.no_grad():
+            for start in range(0, x.shape[0], chunk):
+                xt = torch.as_tensor(x[start:start + chunk], device=device)
+                gt = None if g is None else torch.as_tensor(g[start:start + chunk], device=device)
+                out = net(xt, gt)
+                out["point"] = self._points(out, head)
+                if head != "scalar":
+                    out["probs"] = head_probabilities(head, out[head])
+                for k in ("point", "attention", "probs"):
+                    if k in out:
+                        parts.setdefault(k, []).append(out[k].cpu().numpy().astype(np.float64))
+        return {k: np.concatenate(v, axis=1) for k, v in parts.items()}
+
+    def _raw_points(self, x: np.ndarray, g: np.ndarray | None) -> np.ndarray:
+        return self._forward_eval(x, g)["point"]
+
+    def predict_members(self, bags: RegionBags | np.ndarray) -> np.ndarray:
+        """Each ensemble member's prediction, shape (S, N), clipped to 0..23."""
+        x, g = self._design(self._check_bags(bags))
+        raw = self._raw_points(x, g)
+        pred = raw * self.calibration_[:, :1] + self.calibration_[:, 1:]
+        return np.clip(pred, 0.0, N_LEVELS - 1)
+
+    def predict(self, bags: RegionBags | np.ndarray, return_std: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Predicted CRS-R (ensemble mean, continuous, in 0..23).
+
+        Parameters
+        ----------
+        bags : RegionBags or array (N, R, F)
+            Regions and features are matched to the training layout by index/name;
+            features a subject lacks are treated as missing.
+        return_std : bool, default=False
+            Also return the ensemble SD (model uncertainty, not a prediction interval).
+        """
+        members = self.predict_members(bags)
+        mean = members.mean(0)
+        return (mean, members.std(0)) if return_std else mean
+
+    def predict_distribution(self, bags: RegionBags | np.ndarray) -> np.ndarray:
+        """Ensemble-mean probability of each level 0..23, shape (N, 24).
+
+        Only for ordinal (CORAL, CORN) and softmax (kappa, soft-label) heads.
+        """
+        check_is_fitted(self, "net_")
+        if LossSpec.parse(self.loss, self.loss_weights).primary == "scalar":
+            raise ValueError(f"predict_distribution needs an ordinal or softmax loss, not {self.loss!r}")
+        x, g = self._design(self._check_bags(bags))
+        return self._forward_eval(x, g)["probs"].mean(0)
+
+    def attention(self, bags: RegionBags | np.ndarray) -> np.ndarray:
+        """Ensemble-mean attention over regions, shape (N, R); each row sums to 1."""
+        x, g = self._design(self._check_bags(bags))
+        return self._forward_eval(x, g)["attention"].mean(0)
+
+    def n_parameters(self) -> int:
+        """Trainable parameters of ONE ensemble member."""
+        check_is_fitted(self, "net_")
+        return int(sum(p[0].numel() for p in self.net_.parameters()))
+
+    def __sklearn_tags__(self) -> Any:  # pragma: no cover - sklearn >= 1.6 metadata
+        tags = super().__sklearn_tags__()
+        tags.estimator_type = "regressor"
+        tags.input_tags.allow_nan = True
+        return tags

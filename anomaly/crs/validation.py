@@ -1,0 +1,463 @@
+"""Small-cohort validation: metrics with bootstrap intervals, (nested) cross-validation,
+baselines and conformal prediction intervals.
+
+With ~50 patients every number needs an interval and a baseline next to it: the
+training-fold mean (what a regressor that learned nothing achieves) and ridge regression
+on the same region features (what a linear model achieves).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+
+from .features import RegionBags, as_region_bags
+from .losses import N_LEVELS
+from .model import MILRegressor
+
+__all__ = [
+    "METRICS",
+    "quadratic_weighted_kappa",
+    "regression_metrics",
+    "bootstrap_metrics",
+    "conformal_quantile",
+    "prediction_interval",
+    "make_splits",
+    "MeanBaseline",
+    "RidgeBaseline",
+    "cross_validate",
+    "CVResult",
+    "tune_params",
+]
+
+METRICS = ("mae", "rmse", "spearman", "qwk", "auroc")
+
+
+# --------------------------------------------------------------------------- metrics
+def _round_levels(pred: np.ndarray, n_levels: int = N_LEVELS) -> np.ndarray:
+    return np.clip(np.rint(pred), 0, n_levels - 1).astype(int)
+
+
+def quadratic_weighted_kappa(y_true: Sequence[float], y_pred: Sequence[float], *, n_levels: int = N_LEVELS) -> float:
+    """Cohen's kappa with quadratic weights on levels 0..K-1.
+
+    Predictions are rounded and clipped to the levels first. ``kappa = 1 - sum(W O) /
+    sum(W E)`` with ``O`` the confusion matrix, ``E`` the outer product of its marginals
+    divided by N and ``W_ij = (i - j)^2 / (K - 1)^2``. NaN when undefined (all labels
+    and predictions on one level).
+    """
+    a = _round_levels(np.asarray(y_true, dtype=float), n_levels)
+    b = _round_levels(np.asarray(y_pred, dtype=float), n_levels)
+    return _qwk_int(a, b, n_levels)
+
+
+def _qwk_int(a: np.ndarray, b: np.ndarray, n_levels: int) -> float:
+    observed = np.bincount(a * n_levels + b, minlength=n_levels * n_levels).reshape(n_levels, n_levels).astype(float)
+    expected = np.outer(observed.sum(1), observed.sum(0)) / max(a.size, 1)
+    k = np.arange(n_levels)
+    weights = (k[:, None] - k[None, :]) ** 2 / (n_levels - 1) ** 2
+    denom = (weights * expected).sum()
+    return float(1.0 - (weights * observed).sum() / denom) if denom > 0 else float("nan")
+
+
+def _auroc_rows(pos: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Row-wise Mann-Whitney AUROC (ties count 1/2); NaN where a class is absent."""
+    ranks = rankdata(score, axis=-1)
+    n1 = pos.sum(-1)
+    n0 = pos.shape[-1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * pos).sum(-1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+    return np.where((n1 > 0) & (n0 > 0), auc, np.nan)
+
+
+def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Spearman correlation; NaN where either row is constant."""
+    ra = rankdata(a, axis=-1)
+    rb = rankdata(b, axis=-1)
+    ra = ra - ra.mean(-1, keepdims=True)
+    rb = rb - rb.mean(-1, keepdims=True)
+    denom = np.sqrt((ra**2).sum(-1) * (rb**2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (ra * rb).sum(-1) / denom, np.nan)
+
+
+def _metric_rows(y: np.ndarray, pred: np.ndarray, mcs_cut: float, n_levels: int) -> dict[str, np.ndarray]:
+    """All metrics for each row of (B, n) label/prediction arrays."""
+    err = pred - y
+    yi = _round_levels(y, n_levels)
+    pi = _round_levels(pred, n_levels)
+    return {
+        "mae": np.abs(err).mean(-1),
+        "rmse": np.sqrt((err**2).mean(-1)),
+        "spearman": _spearman_rows(y, pred),
+        "qwk": np.array([_qwk_int(a, b, n_levels) for a, b in zip(yi, pi)]),
+        "auroc": _auroc_rows((y >= mcs_cut).astype(float), pred),
+    }
+
+
+def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float], *, mcs_cut: float = 8,
+                       n_levels: int = N_LEVELS) -> dict[str, float]:
+    """MAE, RMSE, Spearman rho, quadratic weighted kappa and AUROC for ``crs >= mcs_cut``.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like (n,)
+        CRS-R labels and continuous predictions.
+    mcs_cut : float, default=8
+        Labels ``>= mcs_cut`` are the positive (MCS-level) class for the AUROC, which
+        ranks patients by their continuous prediction.
+    """
+    y = np.asarray(y_true, dtype=float)[None]
+    p = np.asarray(y_pred, dtype=float)[None]
+    return {k: float(v[0]) for k, v in _metric_rows(y, p, mcs_cut, n_levels).items()}
+
+
+def bootstrap_metrics(y_true: Sequence[float], y_pred: Sequence[float] | Mapping[str, Sequence[float]], *,
+                      n_bootstrap: int = 1000, ci: float = 0.95, seed: int = 0, mcs_cut: float = 8,
+                      n_levels: int = N_LEVELS) -> pd.DataFrame:
+    """Metrics with percentile bootstrap intervals (patients resampled with replacement).
+
+    Parameters
+    ----------
+    y_true : array-like (n,)
+    y_pred : array-like (n,) or mapping model -> array-like (n,) or (n_repeats, n)
+        Several models are resampled with the *same* draws, so their intervals are
+        comparable. A 2-D prediction (repeated CV) averages each metric over repeats.
+    n_bootstrap : int, default=1000
+    ci : float, default=0.95
+    seed : int, default=0
+
+    Returns
+    -------
+    DataFrame
+        Columns model, metric, estimate, ci_low, ci_high (draws where a metric is
+        undefined, e.g. one class only for the AUROC, are skipped).
+    """
+    y = np.asarray(y_true, dtype=float)
+    preds = {"model": y_pred} if not isinstance(y_pred, Mapping) else dict(y_pred)
+    n = y.size
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_bootstrap, n))
+    rows = []
+    lo_q, hi_q = 50 * (1 - ci), 100 - 50 * (1 - ci)
+    for model, pred in preds.items():
+        p = np.asarray(pred, dtype=float)
+        p = p[None] if p.ndim == 1 else p  # (repeats, n)
+        est = {k: [] for k in METRICS}
+        draws = {k: [] for k in METRICS}
+        for rep in p:
+            for k, v in _metric_rows(y[None], rep[None], mcs_cut, n_levels).items():
+                est[k].append(v[0])
+            for k, v in _metric_rows(y[idx], rep[idx], mcs_cut, n_levels).items():
+                draws[k].append(v)
+        for k in METRICS:
+            d = np.mean(draws[k], axis=0)
+            d = d[np.isfinite(d)]
+            rows.append({
+                "model": model, "metric": k, "estimate": float(np.mean(est[k])),
+                "ci_low": float(np.percentile(d, lo_q)) if d.size else float("nan"),
+                "ci_high": float(np.percentile(d, hi_q)) if d.size else float("nan"),
+            })
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- conformal
+def conformal_quantile(residuals: Sequence[float], alpha: float = 0.1) -> float:
+    """Split-conformal radius from out-of-sample absolute residuals.
+
+    The ``ceil((1 - alpha)(n + 1))``-th smallest ``|r|`` (the ``(1 - alpha)(1 + 1/n)``
+    empirical quantile). Under exchangeability ``[pred - q, pred + q]`` covers a new
+    patient's label with probability >= 1 - alpha. ``inf`` if n is too small.
+    """
+    r = np.sort(np.abs(np.asarray(residuals, dtype=float)[np.isfinite(residuals)]))
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    k = math.ceil((1 - alpha) * (r.size + 1))
+    return float(r[k - 1]) if 1 <= k <= r.size else float("inf")
+
+
+def prediction_interval(pred: Sequence[float], q: float, *, n_levels: int = N_LEVELS) -> tuple[np.ndarray, np.ndarray]:
+    """``[pred - q, pred + q]`` clipped to 0..K-1."""
+    p = np.asarray(pred, dtype=float)
+    return np.clip(p - q, 0, n_levels - 1), np.clip(p + q, 0, n_levels - 1)
+
+
+# --------------------------------------------------------------------------- baselines
+def _flatten(bags: RegionBags) -> np.ndarray:
+    X = bags.features.reshape(len(bags), -1)
+    if bags.global_features is not None:
+        X = np.concatenate([X, bags.global_features], axis=1)
+    return X.astype(np.float64)
+
+
+class MeanBaseline(RegressorMixin, BaseEstimator):
+    """Predicts the training-fold mean CRS-R for everyone.
+
+    Read its MAE/RMSE only: under leave-one-out the prediction ``(sum(y) - y_i) / (n - 1)``
+    decreases with ``y_i``, so its Spearman is -1 and its AUROC 0 by construction.
+    """
+
+    def fit(self, bags: RegionBags | np.ndarray, y: Sequence[float], y_sd: Any = None) -> "MeanBaseline":
+        self.mean_ = float(np.mean(y))
+        return self
+
+    def predict(self, bags: RegionBags | np.ndarray) -> np.ndarray:
+        return np.full(len(as_region_bags(bags)), self.mean_)
+
+
+class RidgeBaseline(RegressorMixin, BaseEstimator):
+    """Ridge regression on the flattened region features (+ global values).
+
+    Features are standardised with training statistics, missing values imputed with
+    the training means (i.e. 0 after standardisation) and the penalty chosen by
+    efficient leave-one-out inside the training data (RidgeCV), so cross-validating
+    this baseline is nested by construction.
+
+    Parameters
+    ----------
+    alphas : sequence of float
+    """
+
+    def __init__(self, alphas: Sequence[float] = tuple(np.logspace(-1, 5, 13))) -> None:
+        self.alphas = alphas
+
+    def fit(self, bags: RegionBags | np.ndarray, y: Sequence[float], y_sd: Any = None) -> "RidgeBaseline":
+        from sklearn.linear_model import RidgeCV
+
+        X = _flatten(as_region_bags(bags))
+        with np.errstate(invalid="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(X, 0)
+                std = np.nanstd(X, 0)
+        self.mean_ = np.where(np.isfinite(mean), mean, 0.0)
+        self.scale_ = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
+        self.ridge_ = RidgeCV(alphas=np.asarray(self.alphas, dtype=float)).fit(self._z(X), np.asarray(y, dtype=float))
+        return self
+
+    def _z(self, X: np.ndarray) -> np.ndarray:
+        z = (X - self.mean_) / self.scale_
+        return np.where(np.isfinite(z), z, 0.0)
+
+    def predict(self, bags: RegionBags | np.ndarray) -> np.ndarray:
+        X = _flatten(as_region_bags(bags))
+        return np.clip(self.ridge_.predict(self._z(X)), 0, N_LEVELS - 1)
+
+
+# --------------------------------------------------------------------------- CV
+def make_splits(n: int, cv: str | int = "loo", *, seed: int = 0) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Train/test index splits grouped by repeat.
+
+    Parameters
+    ----------
+    cv : str or int
+        ``"loo"`` (leave-one-out), ``"kfold:K"``, ``"kfold:KxR"`` (K folds repeated R
+        times with different shuffles) or an int K.
+
+    Returns
+    -------
+    list (repeats) of list (folds) of (train_idx, test_idx)
+    """
+    from sklearn.model_selection import KFold, LeaveOneOut
+
+    spec = str(cv).strip().lower()
+    if spec == "loo":
+        return [list(LeaveOneOut().split(np.zeros(n)))]
+    if spec.isdigit():
+        spec = f"kfold:{spec}"
+    if spec.startswith("kfold:"):
+        body = spec.split(":", 1)[1]
+        k_str, _, r_str = body.partition("x")
+        try:
+            k, r = int(k_str), int(r_str or 1)
+        except ValueError:
+            raise ValueError(f"cv: expected 'loo', 'kfold:K' or 'kfold:KxR', got {cv!r}") from None
+        if not 2 <= k <= n or r < 1:
+            raise ValueError(f"cv: need 2 <= K <= {n} folds and R >= 1 repeats, got {cv!r}")
+        return [list(KFold(k, shuffle=True, random_state=seed + rep).split(np.zeros(n))) for rep in range(r)]
+    raise ValueError(f"cv: expected 'loo', 'kfold:K' or 'kfold:KxR', got {cv!r}")
+
+
+def _make_estimator(estimator: Any) -> Callable[[], Any]:
+    if estimator is None:
+        return MILRegressor
+    if isinstance(estimator, Mapping):
+        params = dict(estimator)
+        return lambda: MILRegressor(**params)
+    if isinstance(estimator, BaseEstimator):
+        return lambda: clone(estimator)
+    if callable(estimator):
+        return estimator
+    raise TypeError(f"estimator must be None, a params dict, an estimator or a factory, got {type(estimator).__name__}")
+
+
+def _fit_predict(factory: Callable[[], Any], bags: RegionBags, y: np.ndarray, y_sd: np.ndarray | None,
+                 train: np.ndarray, test: np.ndarray, params: Mapping[str, Any] | None = None) -> tuple[Any, np.ndarray]:
+    est = factory()
+    if params:
+        est.set_params(**params)
+    est.fit(bags.subset(train), y[train], None if y_sd is None else y_sd[train])
+    return est, est.predict(bags.subset(test))
+
+
+def tune_params(bags: RegionBags, y: np.ndarray, estimator: Any, param_grid: Mapping[str, Sequence[Any]], *,
+                y_sd: np.ndarray | None = None, cv: str = "kfold:5", seed: int = 0) -> dict[str, Any]:
+    """Grid search by cross-validated MAE (used as the inner loop of nested CV)."""
+    factory = _make_estimator(estimator)
+    keys = list(param_grid)
+    best, best_mae = None, np.inf
+    splits = [s for rep in make_splits(len(y), cv, seed=seed) for s in rep]
+    for values in itertools.product(*(param_grid[k] for k in keys)):
+        params = dict(zip(keys, values))
+        errs = []
+        for train, test in splits:
+            _, pred = _fit_predict(factory, bags, y, y_sd, train, test, params)
+            errs.append(np.abs(pred - y[test]))
+        mae = float(np.mean(np.concatenate(errs)))
+        if mae < best_mae - 1e-12:
+            best, best_mae = params, mae
+    return dict(best or {})
+
+
+@dataclass
+class CVResult:
+    """Outcome of :func:`cross_validate`.
+
+    Attributes
+    ----------
+    predictions : DataFrame
+        participant_id, crs, crs_pred_mil, crs_pred_ridge, crs_pred_mean (mean over
+        repeats for repeated K-fold), crs_pred_mil_sd (spread over repeats, 0 if one).
+    metrics : DataFrame
+        model, metric, estimate, ci_low, ci_high.
+    conformal_quantile : float
+        Radius of the (1 - alpha) conformal interval from the MIL's out-of-fold residuals.
+    alpha : float
+    attention : ndarray (N, R)
+        Out-of-fold attention of each patient (mean over repeats).
+    best_params : list of dict
+        Tuned parameters of each outer fold (nested CV), empty without tuning.
+    seconds : dict
+        Wall time of each model's CV.
+    """
+
+    predictions: pd.DataFrame
+    metrics: pd.DataFrame
+    conformal_quantile: float
+    alpha: float
+    attention: np.ndarray | None = None
+    best_params: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def metric(self, model: str, metric: str) -> float:
+        """Point estimate of one metric."""
+        row = self.metrics[(self.metrics.model == model) & (self.metrics.metric == metric)]
+        return float(row.estimate.iloc[0])
+
+    def table(self) -> pd.DataFrame:
+        """Wide table: one row per model, ``estimate [ci_low, ci_high]`` per metric."""
+        m = self.metrics
+        cells = m.apply(lambda r: f"{r.estimate:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]", axis=1)
+        wide = pd.DataFrame({"model": m.model, "metric": m.metric, "cell": cells})
+        out = wide.pivot(index="model", columns="metric", values="cell")
+        order = [k for k in ("mil", "ridge", "mean") if k in out.index] + [k for k in out.index if k not in ("mil", "ridge", "mean")]
+        return out.loc[order, [k for k in METRICS if k in out.columns]]
+
+
+def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator: Any = None, *,
+                   y_sd: Sequence[float] | None = None, cv: str | int = "loo", seed: int = 0, mcs_cut: float = 8,
+                   alpha: float = 0.1, n_bootstrap: int = 1000, baselines: bool = True,
+                   param_grid: Mapping[str, Sequence[Any]] | None = None, inner_cv: str = "kfold:5",
+                   progress: bool = True) -> CVResult:
+    """Out-of-fold predictions and metrics of the MIL regressor and the two baselines.
+
+    Parameters
+    ----------
+    bags : RegionBags or array (N, R, F)
+    y : array-like (N,)
+        CRS-R labels.
+    estimator : MILRegressor, dict of MILRegressor params, factory or None
+        Cloned (or called) afresh for every fold. Default: ``MILRegressor()``.
+    y_sd : array-like (N,), optional
+        Per-patient label SDs, passed to ``fit``.
+    cv : {"loo", "kfold:K", "kfold:KxR"} or int, default="loo"
+    seed : int, default=0
+        Fold shuffling and bootstrap draws.
+    mcs_cut : float, default=8
+    alpha : float, default=0.1
+        Miscoverage of the conformal interval (0.1 -> 90%).
+    n_bootstrap : int, default=1000
+    baselines : bool, default=True
+        Also cross-validate the training-fold mean and ridge regression.
+    param_grid : mapping, optional
+        MIL hyperparameters to tune; tuned inside each outer training fold with
+        ``inner_cv`` (nested CV), so the outer estimate stays unbiased.
+    inner_cv : str, default="kfold:5"
+    progress : bool, default=True
+        tqdm progress bar on stderr.
+
+    Returns
+    -------
+    CVResult
+    """
+    from tqdm.auto import tqdm
+
+    bags = as_region_bags(bags)
+    y = np.asarray(y, dtype=float).reshape(-1)
+    if y.size != len(bags):
+        raise ValueError(f"y has {y.size} values but there are {len(bags)} bags")
+    sd = None if y_sd is None else np.asarray(y_sd, dtype=float).reshape(-1)
+    splits = make_splits(len(y), cv, seed=seed)
+    models: dict[str, Callable[[], Any]] = {"mil": _make_estimator(estimator)}
+    if baselines:
+        models["ridge"] = RidgeBaseline
+        models["mean"] = MeanBaseline
+    n_rep = len(splits)
+    preds = {k: np.full((n_rep, len(y)), np.nan) for k in models}
+    attention = None
+    best_params: list[dict[str, Any]] = []
+    seconds = {k: 0.0 for k in models}
+    total = sum(len(folds) for folds in splits)
+    bar = tqdm(total=total, desc=f"CV ({cv})", disable=not progress, file=sys.stderr, leave=False)
+    for rep, folds in enumerate(splits):
+        for train, test in folds:
+            for name, factory in models.items():
+                t0 = time.perf_counter()
+                params = None
+                if name == "mil" and param_grid:
+                    params = tune_params(bags.subset(train), y[train], factory, param_grid,
+                                         y_sd=None if sd is None else sd[train], cv=inner_cv, seed=seed)
+                    best_params.append(params)
+                est, pred = _fit_predict(factory, bags, y, sd, train, test, params)
+                preds[name][rep, test] = pred
+                if name == "mil" and hasattr(est, "attention"):
+                    att = est.attention(bags.subset(test))
+                    if attention is None:
+                        attention = np.zeros((n_rep,) + (len(y), att.shape[1]))
+                    attention[rep, test] = att
+                seconds[name] += time.perf_counter() - t0
+            bar.update(1)
+    bar.close()
+
+    metrics = bootstrap_metrics(y, preds, n_bootstrap=n_bootstrap, seed=seed, mcs_cut=mcs_cut)
+    # Every repeat's residuals are genuine out-of-fold residuals of a single model (like
+    # the final one); pooling them (rather than averaging predictions) keeps that.
+    q = conformal_quantile((preds["mil"] - y[None]).ravel(), alpha)
+    table = pd.DataFrame({"participant_id": bags.participant_ids, "crs": y})
+    for name in models:
+        table[f"crs_pred_{name}"] = preds[name].mean(0)
+    table["crs_pred_mil_sd"] = preds["mil"].std(0)
+    return CVResult(predictions=table, metrics=metrics, conformal_quantile=q, alpha=alpha,
+                    attention=None if attention is None else attention.mean(0), best_params=best_params,
+                    seconds=seconds)

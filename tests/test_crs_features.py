@@ -1,0 +1,66 @@
+"""Region tables -> RegionBags."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly.crs import load_region_bags
+from anomaly.crs.synthetic import simulate_region_bags, write_scores_dir
+from anomaly.io import AnomalyInputError
+
+
+def write_table(folder, pid, atlas="tiny", index=(1, 2, 3), pet=True):
+    sub = folder / pid
+    sub.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame({"index": list(index), "name": [f"R{i}" for i in index], "n_voxels": 10,
+                       "anomaly_mean": np.arange(len(index), dtype=float), "T1w_z_mean": -1.0,
+                       "pet_z_mean": np.nan if not pet else 0.5})
+    df.to_csv(sub / f"{pid}_space-MNI152NLin2009cAsym_atlas-{atlas}_regions.tsv", sep="\t", index=False, na_rep="n/a")
+    return sub
+
+
+def test_reads_tables_missing_values_and_globals(tmp_path):
+    write_table(tmp_path, "sub-02")
+    sub = write_table(tmp_path, "sub-01", pet=False)
+    (sub / "sub-01_scores.json").write_text(json.dumps({"global_cortical_pet_percent": 55.0, "qc": {"a": 1},
+                                                        "pet_reference": "cerebellum", "flag": True}))
+    bags = load_region_bags(tmp_path)
+    assert bags.participant_ids == ["sub-01", "sub-02"]
+    assert bags.atlas == "tiny"
+    assert bags.features.shape == (2, 3, 3) and bags.features.dtype == np.float32
+    assert bags.feature_names == ["anomaly_mean", "T1w_z_mean", "pet_z_mean"]
+    assert list(bags.region_index) == [1, 2, 3] and bags.region_names == ["R1", "R2", "R3"]
+    assert bags.missing[0, :, 2].all() and not bags.missing[1].any()
+    assert bags.global_feature_names == ["global_cortical_pet_percent"]
+    assert bags.global_features[0, 0] == 55.0 and np.isnan(bags.global_features[1, 0])
+    sel = load_region_bags(tmp_path, participant_ids=["02"])
+    assert sel.participant_ids == ["sub-02"]
+
+
+def test_atlas_choice_and_errors(tmp_path):
+    with pytest.raises(AnomalyInputError, match="no sub-"):
+        load_region_bags(tmp_path)
+    write_table(tmp_path, "sub-01")
+    write_table(tmp_path, "sub-01", atlas="aal")
+    with pytest.raises(AnomalyInputError, match="several atlases"):
+        load_region_bags(tmp_path)
+    assert load_region_bags(tmp_path, atlas="aal").atlas == "aal"
+    with pytest.raises(AnomalyInputError, match="no region tables for atlas"):
+        load_region_bags(tmp_path, atlas="other")
+    with pytest.raises(AnomalyInputError, match="sub-09"):
+        load_region_bags(tmp_path, atlas="tiny", participant_ids=["sub-09"])
+    write_table(tmp_path, "sub-02", index=(1, 2, 4))
+    with pytest.raises(AnomalyInputError, match=f"{tmp_path}.*sub-02 has different"):
+        load_region_bags(tmp_path, atlas="tiny")
+
+
+def test_synthetic_scores_dir_round_trip(tmp_path):
+    cohort = simulate_region_bags(5, n_regions=10, seed=0)
+    write_scores_dir(cohort, tmp_path)
+    bags = load_region_bags(tmp_path)
+    assert bags.feature_names == cohort.bags.feature_names
+    assert np.allclose(np.nan_to_num(bags.features), np.nan_to_num(cohort.bags.features), atol=1e-3)
+    assert np.array_equal(bags.missing, cohort.bags.missing)
+    assert len(bags.feature_names) == 18

@@ -1,0 +1,135 @@
+"""Metrics, bootstrap, CV (incl. nested), baselines, conformal intervals, FDR."""
+
+import numpy as np
+import pytest
+from scipy.stats import false_discovery_control, spearmanr
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+from anomaly.crs import (MILRegressor, RidgeBaseline, benjamini_hochberg, bootstrap_metrics, conformal_quantile,
+                         cross_validate, make_splits, prediction_interval, quadratic_weighted_kappa,
+                         region_correlations, regression_metrics)
+from anomaly.crs.synthetic import simulate_region_bags
+
+
+def test_qwk_matches_sklearn(rng):
+    y = rng.integers(0, 24, 30)
+    pred = y + rng.normal(0, 3, 30)
+    rounded = np.clip(np.rint(pred), 0, 23).astype(int)
+    expected = cohen_kappa_score(y, rounded, weights="quadratic")
+    assert quadratic_weighted_kappa(y, pred) == pytest.approx(expected)
+    # Small known case: perfect agreement is 1, full reversal is strongly negative.
+    assert quadratic_weighted_kappa([0, 5, 10], [0, 5, 10]) == pytest.approx(1.0)
+    assert quadratic_weighted_kappa([0, 23], [23, 0]) == pytest.approx(
+        cohen_kappa_score([0, 23], [23, 0], weights="quadratic"))
+
+
+def test_regression_metrics_by_hand():
+    y = np.array([2.0, 6.0, 10.0, 20.0])
+    p = np.array([3.0, 5.0, 13.0, 19.0])
+    m = regression_metrics(y, p, mcs_cut=8)
+    assert m["mae"] == pytest.approx((1 + 1 + 3 + 1) / 4)
+    assert m["rmse"] == pytest.approx(np.sqrt((1 + 1 + 9 + 1) / 4))
+    assert m["spearman"] == pytest.approx(spearmanr(y, p).statistic)
+    assert m["auroc"] == pytest.approx(roc_auc_score(y >= 8, p)) == 1.0
+    assert np.isnan(regression_metrics([1, 2, 3], [1, 2, 3])["auroc"])  # one class only
+
+
+def test_bootstrap_intervals(rng):
+    y = rng.integers(0, 24, 40).astype(float)
+    good = y + rng.normal(0, 1, 40)
+    df = bootstrap_metrics(y, {"good": good, "bad": rng.permutation(y)}, n_bootstrap=300, seed=3)
+    assert set(df.model) == {"good", "bad"} and len(df) == 10
+    assert (df.ci_low <= df.estimate + 1e-9).all() and (df.estimate <= df.ci_high + 1e-9).all()
+    g = df[(df.model == "good") & (df.metric == "mae")].iloc[0]
+    b = df[(df.model == "bad") & (df.metric == "mae")].iloc[0]
+    assert g.ci_high < b.ci_low
+    again = bootstrap_metrics(y, {"good": good, "bad": rng.permutation(y)}, n_bootstrap=300, seed=3)
+    assert np.allclose(df[df.model == "good"].ci_low, again[again.model == "good"].ci_low)
+
+
+def test_conformal_quantile_by_hand():
+    r = np.arange(1, 10, dtype=float)  # n = 9; ceil(0.9 * 10) = 9 -> the largest
+    assert conformal_quantile(r, 0.1) == 9.0
+    assert conformal_quantile(r, 0.5) == 5.0  # ceil(0.5 * 10) = 5
+    assert conformal_quantile([1.0, 2.0], 0.1) == np.inf
+    lo, hi = prediction_interval([1.0, 22.0], 3.0)
+    assert list(lo) == [0.0, 19.0] and list(hi) == [4.0, 23.0]
+
+
+def test_conformal_coverage_on_held_out_patients():
+    cohort = simulate_region_bags(60, n_regions=16, seed=1)
+    est = MILRegressor(epochs=60, n_seeds=1, hidden=8)
+    res = cross_validate(cohort.bags, cohort.crs, est, cv="kfold:5", alpha=0.1, n_bootstrap=50, baselines=False,
+                         progress=False)
+    q = res.conformal_quantile
+    model = est.fit(cohort.bags, cohort.crs)
+    test = simulate_region_bags(300, n_regions=16, seed=2)
+    lo, hi = prediction_interval(model.predict(test.bags), q)
+    coverage = np.mean((test.crs >= lo) & (test.crs <= hi))
+    assert 0.8 <= coverage <= 0.98
+
+
+def test_make_splits():
+    assert len(make_splits(10, "loo")[0]) == 10
+    reps = make_splits(10, "kfold:5x3", seed=0)
+    assert len(reps) == 3 and all(len(f) == 5 for f in reps)
+    for folds in reps:  # each repeat is a partition
+        assert sorted(np.concatenate([t for _, t in folds]).tolist()) == list(range(10))
+    assert len(make_splits(10, 4)[0]) == 4
+    for bad in ("kfold:1", "kfold:20", "split", "kfold:ax2"):
+        with pytest.raises(ValueError, match="cv"):
+            make_splits(10, bad)
+
+
+def test_cross_validate_loo_with_baselines():
+    cohort = simulate_region_bags(14, n_regions=8, seed=3)
+    res = cross_validate(cohort.bags, cohort.crs, {"epochs": 20, "n_seeds": 1}, cv="loo", n_bootstrap=50,
+                         progress=False)
+    assert list(res.predictions.columns[:5]) == ["participant_id", "crs", "crs_pred_mil", "crs_pred_ridge", "crs_pred_mean"]
+    assert res.predictions.crs_pred_mil.notna().all()
+    assert set(res.metrics.model) == {"mil", "ridge", "mean"} and len(res.metrics) == 15
+    # The mean baseline predicts each patient the mean of the OTHER patients.
+    y = cohort.crs
+    assert np.allclose(res.predictions.crs_pred_mean, (y.sum() - y) / (len(y) - 1))
+    assert res.attention.shape == (14, 8)
+    table = res.table()
+    assert list(table.index) == ["mil", "ridge", "mean"] and "qwk" in table.columns
+
+
+def test_nested_tuning_records_each_outer_fold():
+    cohort = simulate_region_bags(15, n_regions=6, seed=4)
+    res = cross_validate(cohort.bags, cohort.crs, {"epochs": 10, "n_seeds": 1}, cv="kfold:3",
+                         param_grid={"hidden": [4, 8]}, inner_cv="kfold:2", baselines=False, n_bootstrap=20,
+                         progress=False)
+    assert len(res.best_params) == 3 and all(p["hidden"] in (4, 8) for p in res.best_params)
+
+
+def test_ridge_baseline_imputes_missing(rng):
+    cohort = simulate_region_bags(20, n_regions=6, seed=5)
+    feats = cohort.bags.features.copy()
+    feats[:, :, 0] = np.nan  # a feature never observed
+    bags = cohort.bags.subset(np.arange(20))
+    bags.features, bags.missing = feats, np.isnan(feats)
+    pred = RidgeBaseline().fit(bags, cohort.crs).predict(bags)
+    assert np.isfinite(pred).all()
+
+
+def test_benjamini_hochberg_by_hand():
+    p = np.array([0.01, 0.04, 0.03, 0.20])
+    # sorted: .01 .03 .04 .20 -> .04 .06 .0533 .20 -> running min from the top
+    expected = np.array([0.04, 0.0533333, 0.0533333, 0.20])
+    assert np.allclose(benjamini_hochberg(p), expected)
+    assert np.allclose(benjamini_hochberg(p), false_discovery_control(p, method="bh"))
+    q = benjamini_hochberg([0.5, np.nan, 0.01])
+    assert np.isnan(q[1]) and q[2] == pytest.approx(0.02)
+
+
+def test_region_correlations_find_the_signal():
+    cohort = simulate_region_bags(40, n_regions=20, seed=6)
+    df = region_correlations(cohort.bags, cohort.crs, features=("pet_z_mean", "anomaly_mean", "absent"))
+    assert set(df.feature) == {"pet_z_mean", "anomaly_mean"}
+    pet = df[df.feature == "pet_z_mean"].set_index("name")
+    causal = [n for n, c in zip(cohort.bags.region_names, cohort.causal) if c]
+    assert pet.loc[causal, "rho"].mean() > 0.6
+    assert pet.loc[causal, "significant"].all()
+    assert list(df.columns) == ["index", "name", "feature", "n", "rho", "p", "q", "significant"]
