@@ -111,23 +111,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", parents=[common], help="anomaly maps, region tables and reports",
                        description="Score subjects: INPUT is one subject's NIfTI file(s) or a BIDS dataset "
-                                   "folder (all patients, or --participant-label).")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+                                   "folder (all patients, or --participant-label). The BIDS-App form "
+                                   "'anomaly BIDS_DIR OUT_DIR participant --model M [...]' does the same.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="NIfTI file(s) of one subject (sub-<label>_<suffix>.nii.gz, or see --modality), "
+                        "or one BIDS dataset folder")
     p.add_argument("--model", type=Path, required=True, help="normative model folder")
     p.add_argument("--out", type=Path, required=True, help="output folder (BIDS derivatives)")
     p.add_argument("--atlas", nargs="+", default=None, metavar="NAME|PATH",
                    help="atlas name(s) or label image path(s) (default neuromorphometrics)")
-    p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="subjects to score")
+    p.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                   help="subjects to score (with or without 'sub-')")
     p.add_argument("--modality", nargs="+", metavar="M",
-                   help="modality of each input file when its name has no BIDS suffix")
+                   help="modality (BIDS suffix: T1w, FLAIR, pet...) of each input file, in order, "
+                        "when the file names have no BIDS suffix")
     p.add_argument("--subject", metavar="LABEL", help="subject label for file inputs without sub-<label>")
     p.add_argument("--age", type=float, help="age of a single subject given as files")
     p.add_argument("--sex", choices=("M", "F"), help="sex of a single subject given as files")
     p.add_argument("--group", choices=("patient", "control", "all"), default="patient",
                    help="which participants of a BIDS dataset to score (default patient)")
-    p.add_argument("--shard", type=_shard, metavar="I/N", help="score every N-th subject from the I-th (0-based)")
+    p.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="score only subjects I, I+N, I+2N... of the sorted list (I is 0-based: "
+                        "shards 0/N..N-1/N together score every subject once; e.g. "
+                        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-(N-1)); "
+                        "shards may share --out")
     p.add_argument("--crs-model", type=Path, help="CRS-R model folder: add the prediction to reports")
-    p.add_argument("--no-figures", action="store_true", help="skip figures and HTML reports")
+    p.add_argument("--no-figures", action="store_true",
+                   help="skip figures and HTML reports (faster; maps and tables are still written)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
 
     p = sub.add_parser("fit-crs", parents=[common], help="train and cross-validate the CRS-R regressor",
@@ -171,13 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _bids_app_argv(argv: list[str]) -> list[str]:
-    """Translate ``anomaly BIDS_DIR OUT_DIR participant ...`` (BIDS-App form) to ``score``."""
-    positional = [a for a in argv if not a.startswith("-")]
-    if len(argv) >= 3 and argv[0] not in COMMANDS and len(positional) >= 3 and positional[2] == "participant":
-        bids_dir, out_dir = positional[0], positional[1]
-        rest = [a for a in argv if a not in (bids_dir, out_dir, "participant")]
-        return ["score", bids_dir, "--out", out_dir, *rest]
+    """Translate ``anomaly BIDS_DIR OUT_DIR participant ...`` (BIDS-App form) to ``score``.
+
+    The BIDS-App specification puts the three positional arguments first; options
+    (``--participant_label``, ``--model``...) follow and are passed on unchanged. Flags
+    without a value (``--debug``, ``--quiet``, ``--no-figures``) may also come first.
+    """
+    flags = [a for a in argv[:3] if a in _BIDS_APP_LEADING_FLAGS]
+    rest = argv[len(flags):] if argv[:len(flags)] == flags else argv
+    if len(rest) >= 3 and rest[0] not in COMMANDS and not any(a.startswith("-") for a in rest[:3]) \
+            and rest[2] == "participant":
+        return ["score", rest[0], "--out", rest[1], *flags, *rest[3:]]
     return argv
+
+
+_BIDS_APP_LEADING_FLAGS = ("--debug", "--quiet", "--no-figures")
 
 
 # --------------------------------------------------------------------------- commands

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from anomaly.io import AnomalyInputError, atomic_path
 
 __all__ = [
+    "GlassBrainRenderer",
     "plot_anomaly_glass_brain",
     "plot_loss_curve",
     "plot_peak_slices",
@@ -166,15 +167,7 @@ def plot_anomaly_glass_brain(
     """
     from nilearn import plotting
 
-    img = _read_map(anomaly_img, "anomaly_img")
-    data = np.asarray(img.dataobj)
-    if data.min() < -1e-6:
-        raise AnomalyInputError(
-            f"anomaly_img: map has negative values (min {data.min():.3g}); an anomaly map is "
-            ">= 0, use plot_signed_glass_brain for signed (z) maps"
-        )
-    thr = _resolve_threshold(threshold, data)
-    top = _colour_limit(data, thr, vmax)
+    img, overlay = _anomaly_glass_args(anomaly_img, threshold, vmax, cmap)
     fig = _new_figure(GLASS_FIGSIZE)
     with warnings.catch_warnings():
         # nilearn warns "empty mask" for a map with nothing above the threshold: a
@@ -184,17 +177,30 @@ def plot_anomaly_glass_brain(
             img,
             figure=fig,
             title=title,
-            threshold=thr,
-            vmin=0.0,
-            vmax=top,
             plot_abs=True,
             symmetric_cbar=False,
-            cmap=cmap,
             black_bg=True,
             colorbar=True,
-            resampling_interpolation="nearest",  # faster; the projection hides it
+            **overlay,
         )
     return _save(fig, out_png, dpi)
+
+
+def _anomaly_glass_args(anomaly_img: ImageLike, threshold: Threshold, vmax: float | None,
+                        cmap: str) -> tuple[nib.Nifti1Image, dict]:
+    """Checked image and overlay settings of an anomaly glass brain."""
+    img = _read_map(anomaly_img, "anomaly_img")
+    data = np.asarray(img.dataobj)
+    if data.min() < -1e-6:
+        raise AnomalyInputError(
+            f"anomaly_img: map has negative values (min {data.min():.3g}); an anomaly map is "
+            ">= 0, use plot_signed_glass_brain for signed (z) maps"
+        )
+    thr = _resolve_threshold(threshold, data)
+    top = _colour_limit(data, thr, vmax)
+    # nearest: faster, and the maximum-intensity projection hides the difference.
+    return img, {"threshold": thr, "vmin": 0.0, "vmax": top, "cmap": cmap,
+                 "resampling_interpolation": "nearest"}
 
 
 def plot_signed_glass_brain(
@@ -235,10 +241,7 @@ def plot_signed_glass_brain(
     """
     from nilearn import plotting
 
-    img = _read_map(z_img, "z_img")
-    data = np.asarray(img.dataobj)
-    thr = _resolve_threshold(threshold, data)
-    top = _colour_limit(data, thr, vmax)
+    img, overlay = _signed_glass_args(z_img, threshold, vmax)
     fig = _new_figure(GLASS_FIGSIZE)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*empty mask.*")
@@ -246,17 +249,111 @@ def plot_signed_glass_brain(
             img,
             figure=fig,
             title=title,
-            threshold=thr,
-            vmin=-top,
-            vmax=top,
             plot_abs=False,
             symmetric_cbar=True,
-            cmap="cold_hot",
             black_bg=True,
             colorbar=True,
-            resampling_interpolation="nearest",
+            **overlay,
         )
     return _save(fig, out_png, dpi)
+
+
+def _signed_glass_args(z_img: ImageLike, threshold: float, vmax: float | None
+                       ) -> tuple[nib.Nifti1Image, dict]:
+    """Checked image and overlay settings of a signed glass brain."""
+    img = _read_map(z_img, "z_img")
+    data = np.asarray(img.dataobj)
+    thr = _resolve_threshold(threshold, data)
+    top = _colour_limit(data, thr, vmax)
+    return img, {"threshold": thr, "vmin": -top, "vmax": top, "cmap": "cold_hot",
+                 "resampling_interpolation": "nearest"}
+
+
+class GlassBrainRenderer:
+    """Draw many glass brains of one kind quickly, reusing the brain outline.
+
+    nilearn draws the glass-brain outline as some 2,400 matplotlib patches, and building
+    them takes most of the time of :func:`plot_anomaly_glass_brain` (about 0.7 s of
+    1 s). A renderer builds the outline once; each :meth:`plot` adds the map, writes
+    the PNG and removes the map again. The PNGs are the same as those of
+    :func:`plot_anomaly_glass_brain` (``kind="anomaly"``) and
+    :func:`plot_signed_glass_brain` (``kind="signed"``) with the same arguments.
+
+    Parameters
+    ----------
+    kind : {"anomaly", "signed"}
+        Non-negative anomaly maps or signed (z) maps.
+    dpi : int, default 100
+        Resolution of the PNGs.
+
+    Notes
+    -----
+    A renderer keeps one matplotlib figure; it is not thread-safe (use one per thread).
+    """
+
+    def __init__(self, kind: str = "anomaly", *, dpi: int = DEFAULT_DPI) -> None:
+        if kind not in ("anomaly", "signed"):
+            raise AnomalyInputError(f"kind: expected 'anomaly' or 'signed', got {kind!r}")
+        self.kind = kind
+        self.dpi = dpi
+        self._display = None
+
+    def _build(self) -> None:
+        from nilearn import plotting
+
+        fig = _new_figure(GLASS_FIGSIZE)
+        # colorbar=True reserves the colour bar's room exactly as for a plotted map.
+        self._display = plotting.plot_glass_brain(
+            None, figure=fig, plot_abs=self.kind == "anomaly", black_bg=True, colorbar=True)
+        self._figure = fig
+        self._axes = list(fig.axes)
+        self._children = {id(ax): set(ax.get_children()) for ax in self._axes}
+
+    def plot(self, img: ImageLike, out_png: PathLike, *, title: str | None = None,
+             threshold: Threshold | None = None, vmax: float | None = None,
+             cmap: str = "hot") -> Path:
+        """Write one glass brain; arguments as for the matching ``plot_*`` function.
+
+        ``threshold`` defaults to "auto" for anomaly maps and 2.0 for signed maps;
+        ``cmap`` applies to anomaly maps only.
+        """
+        if self.kind == "anomaly":
+            img, overlay = _anomaly_glass_args(img, "auto" if threshold is None else threshold,
+                                               vmax, cmap)
+        else:
+            img, overlay = _signed_glass_args(img, 2.0 if threshold is None else threshold, vmax)
+        if self._display is None:
+            self._build()
+        display, fig = self._display, self._figure
+        interpolation = overlay.pop("resampling_interpolation")
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*empty mask.*")
+                # What nilearn's plot_glass_brain does after building the display.
+                display.add_overlay(img, colorbar=True, cbar_vmin=overlay["vmin"],
+                                    cbar_vmax=overlay["vmax"], interpolation="nearest",
+                                    resampling_interpolation=interpolation, **overlay)
+                if title:
+                    display.title(title)
+            out = Path(out_png)
+            with atomic_path(out) as tmp:
+                fig.savefig(tmp, format="png", dpi=self.dpi, facecolor=fig.get_facecolor())
+        finally:
+            self._reset()
+        return out
+
+    def _reset(self) -> None:
+        """Remove everything the last map added: images, title, colour bar."""
+        fig = self._figure
+        for ax in list(fig.axes):
+            if ax not in self._axes:
+                ax.remove()  # the colour bar
+        for ax in self._axes:
+            keep = self._children[id(ax)]
+            for artist in ax.get_children():
+                if artist not in keep:
+                    artist.remove()
+        self._display._colorbar = False  # nilearn refuses a second colour bar otherwise
 
 
 # ---------------------------------------------------------------- slices

@@ -265,6 +265,12 @@ def _resample(data: np.ndarray, affine: np.ndarray, grid: Grid, order: int) -> n
     # Grid voxel -> source voxel: the only transform that interpolation needs.
     matrix = np.linalg.solve(affine, grid.affine)
     data = np.asarray(data, dtype=np.float32)
+    shift = _integer_shift(matrix)
+    if shift is not None:
+        # Same voxel size and voxel centres on the grid's (e.g. an MNI152 2 mm image
+        # onto the 2 mm model grid): every interpolation order returns the samples
+        # themselves, so a crop/pad gives the identical result 10-50x faster.
+        return _shifted_copy(data, shift, grid.shape)
     out = ndimage.affine_transform(
         data,
         matrix[:3, :3],
@@ -280,6 +286,31 @@ def _resample(data: np.ndarray, affine: np.ndarray, grid: Grid, order: int) -> n
         # Cubic splines overshoot at edges; keep values within the input range
         # (as nilearn's resample_img does), so that e.g. PET stays non-negative.
         np.clip(out, min(float(data.min()), 0.0), max(float(data.max()), 0.0), out=out)
+    return out
+
+
+def _integer_shift(matrix: np.ndarray) -> np.ndarray | None:
+    """Integer offset when grid voxel -> source voxel is a pure whole-voxel translation."""
+    if not np.allclose(matrix[:3, :3], np.eye(3), rtol=0.0, atol=1e-6):
+        return None
+    offset = matrix[:3, 3]
+    rounded = np.rint(offset)
+    if not np.allclose(offset, rounded, rtol=0.0, atol=1e-4):
+        return None
+    return rounded.astype(int)
+
+
+def _shifted_copy(data: np.ndarray, shift: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """``out[i] = data[i + shift]`` where that is inside ``data``, else 0."""
+    out = np.zeros(shape, dtype=np.float32)
+    dst, src = [], []
+    for size_out, size_in, s in zip(shape, data.shape, shift):
+        lo, hi = max(0, -int(s)), min(size_out, size_in - int(s))
+        if hi <= lo:
+            return out  # no overlap at all
+        dst.append(slice(lo, hi))
+        src.append(slice(lo + int(s), hi + int(s)))
+    out[tuple(dst)] = data[tuple(src)]
     return out
 
 

@@ -170,5 +170,36 @@ def smooth_in_mask(values: np.ndarray, mask: np.ndarray, sigma: float) -> np.nda
         return np.where(mask, values, 0.0).astype(values.dtype)
     maskf = mask.astype(np.float32)
     num = ndimage.gaussian_filter(values * maskf, sigma)
-    den = ndimage.gaussian_filter(maskf, sigma)
-    return np.where(mask, num / np.maximum(den, 1e-6), 0.0).astype(values.dtype)
+    den = _smoothed_mask(mask, float(sigma))
+    return np.where(mask, num / den, 0.0).astype(values.dtype)
+
+
+_SMOOTHED_MASKS: dict[tuple, np.ndarray] = {}
+
+
+def _smoothed_mask(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """``max(gaussian_filter(mask), 1e-6)``, cached: scoring smooths every channel of
+    every subject inside the same brain mask."""
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    key = (mask.shape, sigma, hash(mask.tobytes()))
+    den = _SMOOTHED_MASKS.get(key)
+    if den is None:
+        den = np.maximum(ndimage.gaussian_filter(mask.astype(np.float32), sigma), 1e-6)
+        den.setflags(write=False)
+        if len(_SMOOTHED_MASKS) >= 8:
+            _SMOOTHED_MASKS.clear()
+        _SMOOTHED_MASKS[key] = den
+    return den
+
+
+def standardise(data: np.ndarray, present: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                mask: np.ndarray) -> np.ndarray:
+    """Per-channel ``(x - mean) / std`` inside the brain; zero outside and where absent.
+
+    Lives here (numpy only) rather than in :mod:`anomaly.normative.data` so that scoring
+    with a z-score model never imports torch.
+    """
+    out = (data - mean.reshape(-1, 1, 1, 1)) / std.reshape(-1, 1, 1, 1)
+    out *= mask
+    out[~np.asarray(present, bool)] = 0.0
+    return out.astype(np.float32, copy=False)

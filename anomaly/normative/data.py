@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from anomaly.io import Subject, atomic_path
+from anomaly.normative.calibration import standardise  # noqa: F401 - re-exported
 from anomaly.preprocess import Preprocessed
 
 
@@ -79,13 +80,17 @@ def build_cache(subjects: Sequence[Subject], cache_dir: Path, settings: dict,
         else:
             prep = preprocess(subject)
             present = prep.present
+            stored = prep.data.astype(np.float16)
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as fh:
-                    np.save(fh, prep.data.astype(np.float16))
+                    np.save(fh, stored)
             with atomic_path(present_path) as tmp:
                 with open(tmp, "wb") as fh:
                     np.save(fh, present)
             if on_subject is not None:
+                # The stored (float16) values, as a later run reusing the cache sees them:
+                # a resumed fit must compute the same normalisation statistics.
+                prep.data = stored.astype(np.float32)
                 on_subject(subject, prep)
         cached.append(CachedSubject(label=subject.label, path=path, present=present,
                                     age=subject.age, sex=subject.sex))
@@ -119,12 +124,3 @@ class CachedDataset(torch.utils.data.Dataset):
         data = np.load(subject.path, mmap_mode="r").astype(np.float32)
         images = standardise(data, subject.present, self.mean, self.std, self.mask)
         return torch.from_numpy(images), torch.from_numpy(np.asarray(subject.present, bool))
-
-
-def standardise(data: np.ndarray, present: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                mask: np.ndarray) -> np.ndarray:
-    """Per-channel ``(x - mean) / std`` inside the brain; zero outside and where absent."""
-    out = (data - mean.reshape(-1, 1, 1, 1)) / std.reshape(-1, 1, 1, 1)
-    out *= mask
-    out[~np.asarray(present, bool)] = 0.0
-    return out.astype(np.float32)

@@ -82,7 +82,11 @@ def combine_anomaly(z: np.ndarray, present: np.ndarray, modalities: Sequence[str
              for c, m in enumerate(modalities) if present[c]]
     if not parts:
         return np.zeros(mask.shape, np.float32)
-    return (np.mean(parts, axis=0) * mask).astype(np.float32)
+    total = parts[0].astype(np.float32)  # a sum in place: no stacked copy of the maps
+    for part in parts[1:]:
+        total += part
+    total *= np.float32(1.0 / len(parts))
+    return (total * mask).astype(np.float32, copy=False)
 
 
 class NormativeModel:
@@ -327,7 +331,9 @@ class NormativeModel:
             "calibration_labels": sorted(controls[i].label for i in cal_idx),
             "age_range": [float(min(ages)), float(max(ages))] if ages else None,
         }
-        if not keep_cache:
+        if ctx.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank has read the shared cache before it goes
+        if not keep_cache and (ctx.is_main or tmp_workdir):
             shutil.rmtree(cache_dir, ignore_errors=True)
         if tmp_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -397,7 +403,7 @@ class NormativeModel:
         -------
         SubjectScore
         """
-        from anomaly.normative.data import standardise
+        from anomaly.normative.calibration import standardise
 
         self._check_fitted()
         prep = images if isinstance(images, Preprocessed) else self.preprocess(images)
