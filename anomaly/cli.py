@@ -274,7 +274,7 @@ def _cmd_predict(args) -> int:
     from anomaly.crs import predict_crs
 
     predict_crs(args.scores_dir, args.model, args.out, maps_dir=args.maps_dir,
-                participant_ids=args.participant_label)
+                participant_ids=args.participant_label, progress=not args.quiet)
     return 0
 
 
@@ -300,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     argv = _bids_app_argv(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error: return, do not exit
+        return int(exc.code or 0)
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT

@@ -43,7 +43,7 @@ class DemoSize:
 
 #: Default: about 5-8 minutes on 2 CPU cores. Quick: under 2 minutes.
 FULL = DemoSize(healthy=40, patients=40, resolution=3.0, epochs=15, cv="loo", seeds=3)
-QUICK = DemoSize(healthy=12, patients=16, resolution=4.0, epochs=6, cv="kfold:4", seeds=2)
+QUICK = DemoSize(healthy=16, patients=16, resolution=4.0, epochs=8, cv="kfold:4", seeds=2)
 
 
 def _run(argv: list[str], log: list[dict], progress: bool) -> None:

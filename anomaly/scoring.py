@@ -45,7 +45,7 @@ from anomaly import __version__
 from anomaly.atlas import DEFAULT_ATLAS, Atlas
 from anomaly.io import (AnomalyInputError, check_output_dir, find_subjects, modality_from_path, save_image,
                         subject_from_path, write_json, write_tsv)
-from anomaly.normative import LESION_SIGN, NormativeModel, SubjectScore
+from anomaly.normative import NormativeModel, SubjectScore
 from anomaly.preprocess import Preprocessed, template_images
 
 SPACE = "space-MNI152NLin2009cAsym"
@@ -329,26 +329,6 @@ class Scorer:
                 "median_cortical_pet_z": float(np.median(z[covered])),
                 "pet_reference": self.model.pet_reference}
 
-    def _mask_uncovered(self, score: SubjectScore, prep: Preprocessed) -> None:
-        """NaN in z where a present image does not cover the brain; anomaly from the others."""
-        if prep.valid is None:
-            return
-        mask = np.asarray(self.model.mask_, bool)
-        changed = False
-        for c in np.flatnonzero(score.present):
-            uncovered = mask & ~prep.valid[c]
-            if uncovered.any():
-                score.z[c][uncovered] = np.nan
-                changed = True
-        if not changed:
-            return
-        parts = np.stack([np.clip(LESION_SIGN.get(m, 1.0) * score.z[c], 0, None)
-                          for c, m in enumerate(score.modalities) if score.present[c]])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # voxels no image covers
-            anomaly = np.nanmean(parts, axis=0)
-        score.anomaly = (np.nan_to_num(anomaly, nan=0.0) * mask).astype(np.float32)
-
     # ------------------------------------------------------------------ scoring
     def score_subject(self, label: str, images: Mapping, out_dir: Path, *, age=None, sex=None,
                       prep: Preprocessed | None = None, figures: bool = True, crs_model=None,
@@ -364,7 +344,6 @@ class Scorer:
             prep = self.model.preprocess(images)
             start = self._tick("preprocess", start)
         score = self.model.score(prep, age=age, sex=sex)
-        self._mask_uncovered(score, prep)
         start = self._tick("model", start)
         glob = self.global_pet(score)
         offset = glob["median_cortical_pet_z"] if glob else None

@@ -77,16 +77,28 @@ class SubjectScore:
 
 def combine_anomaly(z: np.ndarray, present: np.ndarray, modalities: Sequence[str],
                     mask: np.ndarray) -> np.ndarray:
-    """Mean over present modalities of the lesion-direction z, clipped at zero."""
-    parts = [np.clip(LESION_SIGN.get(m, 1.0) * z[c], 0, None)
-             for c, m in enumerate(modalities) if present[c]]
-    if not parts:
-        return np.zeros(mask.shape, np.float32)
-    total = parts[0].astype(np.float32)  # a sum in place: no stacked copy of the maps
-    for part in parts[1:]:
-        total += part
-    total *= np.float32(1.0 / len(parts))
-    return (total * mask).astype(np.float32, copy=False)
+    """Mean over present modalities of the lesion-direction z, clipped at zero.
+
+    NaN voxels of a modality (outside its image's field of view) are left out of the
+    mean at that voxel, so a partial scan does not dilute or fake an anomaly.
+    """
+    total = np.zeros(mask.shape, np.float32)
+    count = np.zeros(mask.shape, np.float32)
+    for c, m in enumerate(modalities):
+        if not present[c]:
+            continue
+        part = np.clip(LESION_SIGN.get(m, 1.0) * z[c], 0, None)
+        covered = np.isfinite(part)
+        total += np.where(covered, part, 0.0)  # sums in place: no stacked copy of the maps
+        count += covered
+    anomaly = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    return (anomaly * mask).astype(np.float32, copy=False)
+
+
+def calibration_size(n_controls: int, val_fraction: float) -> int:
+    """Number of controls held out for calibration: the fraction, but at least
+    ``min(8, n_controls // 2)``."""
+    return max(int(round(val_fraction * n_controls)), min(8, n_controls // 2), 2)
 
 
 class NormativeModel:
@@ -110,8 +122,9 @@ class NormativeModel:
     modality_dropout : float
         Probability of hiding each modality during training.
     val_fraction : float
-        Fraction of controls held out from training for validation and calibration
-        (the ``zscore`` method calibrates on all controls).
+        Fraction of controls held out from training for validation and calibration,
+        raised to at least ``min(8, n_controls // 2)`` because voxelwise SDs from fewer
+        subjects are too noisy (the ``zscore`` method calibrates on all controls).
     covariates : bool or "auto"
         Model age and sex in the calibration; "auto" does so when at least 10
         calibration subjects are available.
@@ -252,7 +265,7 @@ class NormativeModel:
         # Split controls: training set for the network, held-out set for calibration.
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(controls))
-        n_cal = max(2, int(round(self.val_fraction * len(controls))))
+        n_cal = calibration_size(len(controls), self.val_fraction)
         if self.method == "ae":
             cal_idx, train_idx = order[:n_cal], order[n_cal:]
         else:
@@ -411,7 +424,11 @@ class NormativeModel:
         residual = self._residual(std_data, prep.present)
         z = self.calibration_.zmap(residual, age, sex) * self.mask_
         z[~prep.present] = np.nan
-        anomaly = combine_anomaly(np.nan_to_num(z), prep.present, self.modalities_, self.mask_)
+        if prep.valid is not None:
+            # Brain voxels a present image does not cover have no z, not a deviation.
+            for c in np.flatnonzero(prep.present):
+                z[c][self.mask_ & ~prep.valid[c]] = np.nan
+        anomaly = combine_anomaly(z, prep.present, self.modalities_, self.mask_)
         return SubjectScore(z=z, anomaly=anomaly, present=prep.present, modalities=list(self.modalities_),
                             data=prep.data, qc=prep.qc, grid=self.grid_)
 
