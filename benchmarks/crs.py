@@ -20,19 +20,27 @@ Inputs
 ``--synthetic`` (default): region tables simulated by
 :func:`anomaly.crs.synthetic.simulate_region_bags` (50 patients, the 136
 Neuromorphometrics regions, 18 features shaped like `anomaly score`'s tables; the
-generating model is documented there). Otherwise ``--scores-dir`` (output of
-`anomaly score` on a simulated cohort), ``--participants`` and ``--truth``
-(``derivatives/simulation/truth.tsv`` with ``crs_true``; ``causal_regions.json`` next to
-it lists the causal region names).
+generating model is documented there). Otherwise a scored cohort: ``--scores-dir``
+(output of `anomaly score`), ``--participants`` (its participants.tsv, with ``crs``) and
+``--truth``: the simulator's ``derivatives/simulation`` folder, or its ``truth.tsv``
+(``participant_id``, ``crs_true``, ``crs``) with ``causal_regions.json`` next to it (a
+dict with ``atlas`` and ``regions``: the causal region names, matched exactly,
+case-insensitively, to the region tables; its atlas is used unless ``--atlas``).
 
 Targets (issue #5): MIL MAE <= 1.3 x noise floor and below ridge; Spearman >= 0.8;
-localisation AUROC >= 0.9; LOO on 50 patients < 2 min.
+localisation AUROC >= 0.9; LOO on 50 patients < 2 min. :func:`check_targets` evaluates
+them for the default configuration (``mse``, as ``anomaly fit-crs``), or the first one run.
 
 Usage::
 
     python benchmarks/crs.py                    # full LOO table, synthetic cohort
     python benchmarks/crs.py --quick            # 5-fold CV, fewer configurations
     python benchmarks/crs.py --configs mse,coral --cv kfold:5x2
+    python benchmarks/crs.py --scores-dir scores --participants bids/participants.tsv \\
+        --truth bids/derivatives/simulation --cv kfold:5 --configs mse,coral
+    python benchmarks/crs.py --quick --json crs.json --figure crs_scatter.png
+
+``run(...)`` returns the table, the out-of-fold predictions and the targets as data.
 """
 
 from __future__ import annotations
@@ -70,27 +78,95 @@ CONFIGS: dict[str, dict] = {
 QUICK = ["mse", "coral", "rank", "soft", "mse+lds", "mse+cur-confidence", "mse+cur-random"]
 
 
-def load_inputs(args: argparse.Namespace):
-    """Bags, noisy labels, label SDs, noise-free scores and the causal-region mask."""
-    if args.scores_dir is None:
-        c = simulate_region_bags(args.n_patients, seed=args.seed)
-        return c.bags, c.crs, c.crs_sd, c.crs_true, c.causal
-    from anomaly.io import read_participants
+def truth_paths(truth: str | Path) -> tuple[Path, Path]:
+    """``truth.tsv`` and ``causal_regions.json`` from the folder or the TSV path."""
+    truth = Path(truth)
+    tsv = truth / "truth.tsv" if truth.is_dir() else truth
+    if not tsv.is_file():
+        raise FileNotFoundError(f"--truth: no truth table {tsv} (give derivatives/simulation or its truth.tsv)")
+    return tsv, tsv.with_name("causal_regions.json")
 
-    parts = read_participants(args.participants)
+
+def causal_mask(region_names: list[str], spec) -> tuple[np.ndarray, list[str]]:
+    """Causal-region mask from ``causal_regions.json`` content (dict or list of names).
+
+    Names match the region tables exactly, case-insensitively; returns the mask and the
+    listed names that no region table row has (e.g. regions too small for the grid).
+    """
+    names = spec.get("regions", []) if isinstance(spec, dict) else list(spec or [])
+    wanted = {str(n).lower() for n in names}
+    mask = np.array([r.lower() in wanted for r in region_names])
+    have = {r.lower() for r in region_names}
+    return mask, [str(n) for n in names if str(n).lower() not in have]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_inputs(*, scores_dir=None, participants=None, truth=None, atlas=None, n_patients: int = 50,
+                seed: int = 0) -> dict:
+    """Bags, noisy labels, label SDs, noise-free scores and the causal-region mask.
+
+    Returns a dict: ``bags``, ``y``, ``y_sd`` (None when unknown), ``crs_true``,
+    ``causal`` (bool per region), ``source`` and ``causal_missing`` (listed causal
+    regions absent from the tables).
+    """
+    if scores_dir is None:
+        c = simulate_region_bags(n_patients, seed=seed)
+        return {"bags": c.bags, "y": c.crs, "y_sd": c.crs_sd, "crs_true": c.crs_true, "causal": c.causal,
+                "source": f"synthetic region tables (simulate_region_bags, n={n_patients}, seed={seed})",
+                "causal_missing": []}
+    from anomaly.io import AnomalyInputError, read_participants
+
+    tsv, causal_json = truth_paths(truth)
+    spec = json.loads(causal_json.read_text()) if causal_json.is_file() else {}
+    if not causal_json.is_file():
+        log(f"warning: no {causal_json}: localisation AUROC not computed")
+    parts = read_participants(participants)
     parts = parts[parts["crs"].notna()]
-    truth = pd.read_csv(args.truth, sep="\t", na_values=["n/a"])
-    causal_json = Path(args.truth).with_name("causal_regions.json")
-    causal_names = json.loads(causal_json.read_text()) if causal_json.is_file() else {}
-    bags = load_region_bags(args.scores_dir, atlas=args.atlas)
-    keep = [p for p in bags.participant_ids if p in set(parts.participant_id)]
+    table = pd.read_csv(tsv, sep="\t", na_values=["n/a"], dtype={"participant_id": str})
+    lacking = {"participant_id", "crs_true"} - set(table.columns)
+    if lacking:
+        raise ValueError(f"{tsv}: no column(s) {', '.join(sorted(lacking))}")
+    table["participant_id"] = [p if p.startswith("sub-") else f"sub-{p}" for p in table["participant_id"]]
+    table = table.set_index("participant_id")
+    json_atlas = spec.get("atlas") if isinstance(spec, dict) else None
+    try:
+        bags = load_region_bags(scores_dir, atlas=atlas or json_atlas)
+    except AnomalyInputError:
+        if atlas or not json_atlas:
+            raise
+        log(f"warning: no atlas-{json_atlas} region tables (the atlas of {causal_json.name}); using the default")
+        bags = load_region_bags(scores_dir)
+    if json_atlas and bags.atlas and str(bags.atlas).lower() != str(json_atlas).lower():
+        log(f"warning: region tables use atlas {bags.atlas!r}, {causal_json.name} lists {json_atlas!r} regions")
+    labelled = set(parts.participant_id)
+    known = set(table.index[table["crs_true"].notna()])
+    keep = [p for p in bags.participant_ids if p in labelled and p in known]
+    dropped = [p for p in bags.participant_ids if p in labelled and p not in known]
+    if dropped:
+        log(f"warning: {len(dropped)} labelled subject(s) without crs_true in {tsv}, left out: {', '.join(dropped[:5])}")
+    if len(keep) < 5:
+        raise ValueError(f"{scores_dir}: only {len(keep)} patient(s) with a region table, a crs and a crs_true")
     bags = bags.subset([bags.participant_ids.index(p) for p in keep])
     parts = parts.set_index("participant_id").loc[keep]
-    crs_true = truth.set_index("participant_id").loc[keep, "crs_true"].to_numpy(float)
-    names = causal_names.get("regions", causal_names) if isinstance(causal_names, dict) else causal_names
-    causal = np.array([any(str(n).lower() in r.lower() for n in names) for r in bags.region_names])
-    sd = parts["crs_sd"].to_numpy(float) if "crs_sd" in parts else None
-    return bags, parts["crs"].to_numpy(float), sd, crs_true, causal
+    y = parts["crs"].to_numpy(float)
+    if "crs" in table.columns:
+        differ = np.flatnonzero(table.loc[keep, "crs"].to_numpy(float) != y)
+        if differ.size:
+            log(f"warning: crs differs between {participants} and {tsv} for {differ.size} patient(s), "
+                f"e.g. {keep[differ[0]]}: the labels of {participants} are used")
+    crs_true = table.loc[keep, "crs_true"].to_numpy(float)
+    causal, missing = causal_mask(bags.region_names, spec)
+    if missing:
+        log(f"warning: {len(missing)} causal region(s) of {causal_json.name} not in the region tables: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    sd = parts["crs_sd"].to_numpy(float) if "crs_sd" in parts.columns else None
+    if sd is not None and not np.isfinite(sd).any():
+        sd = None  # as `anomaly fit-crs`: no crs_sd at all means unknown, not NaN for everyone
+    return {"bags": bags, "y": y, "y_sd": sd, "crs_true": crs_true, "causal": causal,
+            "source": f"scored cohort {scores_dir} (truth {tsv})", "causal_missing": missing}
 
 
 def cell(df: pd.DataFrame, model: str, metric: str) -> str:
@@ -98,13 +174,240 @@ def cell(df: pd.DataFrame, model: str, metric: str) -> str:
     return f"{r.estimate:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
 
 
-def main(argv: list[str] | None = None) -> int:
+METRIC_COLUMNS = ("mae", "rmse", "spearman", "qwk", "auroc")
+SHOW = ["model", "mae", "mae/floor", "rmse", "spearman", "qwk", "auroc", "loc_auroc", "seconds", "cpu_s"]
+
+
+def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = False, scores_dir=None,
+        participants=None, truth=None, atlas=None, n_patients: int = 50, seed: int = 0, n_bootstrap: int = 1000,
+        params: dict | None = None, threads: int | None = 1) -> dict:
+    """Run the benchmark and return its results as data.
+
+    Parameters mirror the command line (``quick``: ``kfold:5`` instead of ``loo`` and
+    the :data:`QUICK` configurations unless given). ``threads`` sets
+    ``torch.set_num_threads`` (None: leave it).
+
+    Returns
+    -------
+    dict
+        ``settings``, ``source``, ``n``, ``n_regions``, ``n_causal``, ``n_features``,
+        ``causal_missing``, ``cv``, ``noise_floor``, ``table`` (DataFrame, one row per
+        model: metric cells "estimate [CI]", ``mae_est``, ``mae/floor``, ``spearman_est``,
+        ``loc_auroc``, ``seconds``, ``cpu_s``), ``loc_corr`` (group-correlation
+        localisation AUROC per feature), ``predictions`` (DataFrame: participant_id, crs,
+        crs_true, crs_pred_ridge, crs_pred_mean and crs_pred_mil_<config> out of fold),
+        ``attention`` (dict config -> cohort-mean out-of-fold attention per region),
+        ``region_names``, ``causal`` and ``targets`` (:func:`check_targets`).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    cv = "kfold:5" if quick and cv == "loo" else cv
+    names = list(configs) if configs else (QUICK if quick else list(CONFIGS))
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    extra = dict(params or {})
+    data = load_inputs(scores_dir=scores_dir, participants=participants, truth=truth, atlas=atlas,
+                       n_patients=n_patients, seed=seed)
+    bags, y, y_sd, crs_true, causal = data["bags"], data["y"], data["y_sd"], data["crs_true"], data["causal"]
+    floor = float(np.mean(np.abs(crs_true - y)))
+    log(f"cohort: {len(y)} patients, {len(bags.region_names)} regions ({int(causal.sum())} causal), "
+        f"{len(bags.feature_names)} features; cv={cv}; noise floor MAE={floor:.3f}")
+    can_localise = bool(causal.any() and not causal.all())
+
+    rows, attention = [], {}
+    baselines = None
+    predictions = pd.DataFrame({"participant_id": list(bags.participant_ids), "crs": y, "crs_true": crs_true})
+    for i, name in enumerate(names):
+        mil_params = {**CONFIGS[name], "seed": seed, **extra}
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = cross_validate(bags, y, mil_params, y_sd=y_sd, cv=cv, seed=seed, n_bootstrap=n_bootstrap,
+                             baselines=baselines is None, progress=False)
+        cpu = time.process_time() - c0  # the machine may be shared: CPU time is the fairer cost
+        if baselines is None:
+            baselines = res
+            for base in ("ridge", "mean"):
+                predictions[f"crs_pred_{base}"] = _aligned(res.predictions, predictions, f"crs_pred_{base}")
+        predictions[f"crs_pred_mil_{name}"] = _aligned(res.predictions, predictions, "crs_pred_mil")
+        attention[name] = res.attention.mean(0)
+        loc = roc_auc_score(causal, attention[name]) if can_localise else float("nan")
+        rows.append({"model": f"MIL {name}", **{m: cell(res.metrics, "mil", m) for m in METRIC_COLUMNS},
+                     "mae_est": res.metric("mil", "mae"), "spearman_est": res.metric("mil", "spearman"),
+                     "loc_auroc": loc, "seconds": res.seconds["mil"], "cpu_s": cpu})
+        log(f"[{i + 1}/{len(names)}] {name}: MAE {rows[-1]['mae']}, loc {loc:.3f}, {res.seconds['mil']:.0f} s wall, "
+            f"{cpu:.0f} s CPU")
+    for base in ("ridge", "mean"):
+        rows.append({"model": base, **{m: cell(baselines.metrics, base, m) for m in METRIC_COLUMNS},
+                     "mae_est": baselines.metric(base, "mae"), "spearman_est": baselines.metric(base, "spearman"),
+                     "loc_auroc": float("nan"), "seconds": baselines.seconds[base], "cpu_s": float("nan")})
+    corr = region_correlations(bags, y, features=("pet_z_mean", "anomaly_mean"))
+    loc_corr = {}
+    for feat in ("pet_z_mean", "anomaly_mean"):
+        sub = corr[corr.feature == feat]
+        if len(sub) and can_localise:
+            score = np.nan_to_num(np.abs(sub["rho"].to_numpy()))  # rows follow the bags' region order
+            loc_corr[feat] = roc_auc_score(causal, score)
+    rows.append({"model": "oracle (crs_true)", **{m: "" for m in METRIC_COLUMNS[1:]},
+                 "mae": f"{floor:.2f}", "mae_est": floor, "spearman_est": float("nan"), "loc_auroc": float("nan"),
+                 "seconds": 0.0, "cpu_s": float("nan")})
+    table = pd.DataFrame(rows)
+    table["mae/floor"] = table["mae_est"] / floor
+    result = {
+        "settings": {"configs": names, "cv": cv, "quick": quick, "scores_dir": None if scores_dir is None else str(scores_dir),
+                     "participants": None if participants is None else str(participants),
+                     "truth": None if truth is None else str(truth), "atlas": atlas, "n_patients": n_patients,
+                     "seed": seed, "n_bootstrap": n_bootstrap, "params": extra, "threads": threads},
+        "source": data["source"], "n": len(y), "n_regions": len(bags.region_names), "n_causal": int(causal.sum()),
+        "n_features": len(bags.feature_names), "causal_missing": data["causal_missing"], "cv": cv,
+        "noise_floor": floor, "table": table, "loc_corr": loc_corr, "predictions": predictions,
+        "attention": attention, "region_names": list(bags.region_names), "causal": causal.tolist(),
+    }
+    result["targets"] = check_targets(result)
+    return result
+
+
+def _aligned(source: pd.DataFrame, target: pd.DataFrame, column: str) -> np.ndarray:
+    """``source[column]`` in the participant order of ``target``."""
+    if "participant_id" in source.columns:
+        return source.set_index("participant_id")[column].reindex(target["participant_id"]).to_numpy(float)
+    return source[column].to_numpy(float)
+
+
+def primary_config(result: dict) -> str:
+    """The configuration the targets are checked on: mse (fit-crs's default) or the first run."""
+    names = result["settings"]["configs"]
+    return "mse" if "mse" in names else names[0]
+
+
+def check_targets(result: dict) -> list[dict]:
+    """Issue #5 targets for the primary configuration: list of target/value/met dicts."""
+    t = result["table"].set_index("model")
+    name = primary_config(result)
+    mil = t.loc[f"MIL {name}"]
+    floor, ridge = result["noise_floor"], t.loc["ridge", "mae_est"]
+    out = [
+        {"target": f"MIL {name} MAE <= 1.3 x noise floor", "value": f"{mil['mae_est']:.2f} = {mil['mae/floor']:.2f} x {floor:.2f}",
+         "met": bool(mil["mae/floor"] <= 1.3)},
+        {"target": f"MIL {name} MAE below ridge", "value": f"{mil['mae_est']:.2f} vs {ridge:.2f}",
+         "met": bool(mil["mae_est"] < ridge)},
+        {"target": f"MIL {name} Spearman >= 0.8", "value": f"{mil['spearman_est']:.2f}",
+         "met": bool(mil["spearman_est"] >= 0.8)},
+        {"target": f"MIL {name} localisation AUROC >= 0.9", "value": f"{mil['loc_auroc']:.3f}",
+         "met": bool(mil["loc_auroc"] >= 0.9) if np.isfinite(mil["loc_auroc"]) else None},
+    ]
+    if result["cv"] == "loo" and result["n"] >= 50:
+        out.append({"target": f"MIL {name} LOO on {result['n']} patients < 2 min (wall)",
+                    "value": f"{mil['seconds']:.0f} s", "met": bool(mil["seconds"] < 120)})
+    else:
+        out.append({"target": "MIL LOO on 50 patients < 2 min (wall)",
+                    "value": f"not measured (cv={result['cv']}, n={result['n']}; {mil['seconds']:.0f} s)", "met": None})
+    return out
+
+
+def text_table(result: dict) -> str:
+    """The table as fixed-width text (the command line's output)."""
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        return result["table"][SHOW].to_string(index=False, float_format=lambda v: f"{v:.2f}")
+
+
+def markdown(result: dict) -> str:
+    """Header lines and the table in Markdown."""
+    def fmt(v):
+        if isinstance(v, float):
+            return "" if not np.isfinite(v) else f"{v:.2f}"
+        return str(v)
+
+    lines = [f"Cohort: {result['source']}; {result['n']} patients, {result['n_regions']} regions "
+             f"({result['n_causal']} causal), {result['n_features']} features; cv={result['cv']}; "
+             f"noise floor MAE (crs_true vs label) {result['noise_floor']:.3f}.", "",
+             "Cells: estimate [95% bootstrap CI]. loc_auroc: causal regions ranked by the cohort-mean "
+             "out-of-fold attention. seconds: CV wall time; cpu_s: CPU time of the whole CV incl. "
+             "bootstrap.", "",
+             "| " + " | ".join(SHOW) + " |", "|" + "---|" * len(SHOW)]
+    for _, r in result["table"].iterrows():
+        lines.append("| " + " | ".join(fmt(r[c]) for c in SHOW) + " |")
+    if result["loc_corr"]:
+        lines += ["", "Group-correlation localisation AUROC (|Spearman rho| of the feature with the CRS-R): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in result["loc_corr"].items())]
+    if result["causal_missing"]:
+        lines += ["", f"Causal regions missing from the region tables: {', '.join(result['causal_missing'])}"]
+    return "\n".join(lines)
+
+
+def plot_scatter(result: dict, path: str | Path, config: str | None = None) -> Path:
+    """Out-of-fold predicted vs true CRS-R (MIL and ridge), with the identity line.
+
+    Left: against the noisy label the models were trained and scored on; right: against
+    the noise-free ``crs_true``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = config or primary_config(result)
+    p = result["predictions"]
+    t = result["table"].set_index("model")
+    values = p[[c for c in p.columns if c.startswith("crs")]].to_numpy(float)
+    lo, hi = min(-0.5, np.nanmin(values) - 0.5), max(23.5, np.nanmax(values) + 0.5)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8), dpi=110, sharey=True)
+    try:
+        for ax, truth, label in ((axes[0], "crs", "CRS-R label (noisy, used for training and metrics)"),
+                                 (axes[1], "crs_true", "noise-free CRS-R (crs_true)")):
+            x = p[truth].to_numpy(float)
+            for col, colour, marker, text in ((f"crs_pred_mil_{name}", "tab:orange", "o", f"MIL {name}"),
+                                              ("crs_pred_ridge", "tab:blue", "s", "ridge")):
+                pred = p[col].to_numpy(float)
+                mae = float(np.nanmean(np.abs(pred - x)))
+                ax.scatter(x, pred, s=22, alpha=0.75, color=colour, marker=marker, edgecolor="none",
+                           label=f"{text} (MAE {mae:.2f})")
+            ax.plot([0, 23], [0, 23], color="0.3", lw=1, ls="--", label="identity")
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+            ax.set_aspect("equal")
+            ax.set_xlabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="lower right", framealpha=0.6)
+        axes[0].set_ylabel("out-of-fold predicted CRS-R")
+        mil = t.loc[f"MIL {name}"]
+        fig.suptitle(f"CRS-R, {result['n']} patients, cv={result['cv']}: MIL {name} MAE {mil['mae']}, "
+                     f"ridge {t.loc['ridge', 'mae']}; noise floor {result['noise_floor']:.2f}", fontsize=9)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def to_json(result: dict) -> str:
+    """JSON text of a :func:`run` result (DataFrames as records, NaN as null)."""
+    def clean(v):
+        if isinstance(v, pd.DataFrame):
+            return clean(v.to_dict(orient="records"))
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return [clean(x) for x in v]
+        if isinstance(v, (np.floating, float)):
+            return float(v) if np.isfinite(v) else None
+        if isinstance(v, (np.integer, np.bool_)):
+            return v.item()
+        return v
+
+    return json.dumps(clean(result), indent=1)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command line; returns the :func:`run` result."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--synthetic", action="store_true", help="simulated region tables (default without --scores-dir)")
-    ap.add_argument("--scores-dir")
-    ap.add_argument("--participants")
-    ap.add_argument("--truth", help="derivatives/simulation/truth.tsv (causal_regions.json next to it)")
-    ap.add_argument("--atlas")
+    ap.add_argument("--scores-dir", help="output folder of `anomaly score` on a simulated cohort")
+    ap.add_argument("--participants", help="participants.tsv of that cohort")
+    ap.add_argument("--truth", help="its derivatives/simulation folder, or the truth.tsv in it "
+                                    "(causal_regions.json next to it)")
+    ap.add_argument("--atlas", help="atlas of the region tables (default: that of causal_regions.json)")
     ap.add_argument("--n-patients", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cv", default="loo")
@@ -113,67 +416,46 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="kfold:5 and a subset of configurations")
     ap.add_argument("--params", default="{}", help="JSON of extra MILRegressor params for every configuration")
     ap.add_argument("--out", help="also write the table as TSV")
+    ap.add_argument("--json", help="also write the results (table, out-of-fold predictions, targets) as JSON")
+    ap.add_argument("--figure", help="also save the predicted-vs-true CRS-R scatter (PNG)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     if args.scores_dir is not None and (args.participants is None or args.truth is None):
         ap.error("--scores-dir needs --participants and --truth")
-    torch.set_num_threads(args.threads)
-    cv = "kfold:5" if args.quick and args.cv == "loo" else args.cv
-    names = args.configs.split(",") if args.configs else (QUICK if args.quick else list(CONFIGS))
-    unknown = [n for n in names if n not in CONFIGS]
+    if args.synthetic and args.scores_dir is not None:
+        ap.error("--synthetic and --scores-dir are exclusive")
+    names = args.configs.split(",") if args.configs else None
+    unknown = [n for n in names or [] if n not in CONFIGS]
     if unknown:
         ap.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
-    extra = json.loads(args.params)
+    if args.truth is not None:
+        try:
+            truth_paths(args.truth)
+        except FileNotFoundError as exc:
+            ap.error(str(exc))
 
-    bags, y, y_sd, crs_true, causal = load_inputs(args)
-    floor = float(np.mean(np.abs(crs_true - y)))
-    print(f"cohort: {len(y)} patients, {len(bags.region_names)} regions ({int(causal.sum())} causal), "
-          f"{len(bags.feature_names)} features; cv={cv}; noise floor MAE={floor:.3f}", file=sys.stderr)
-
-    rows = []
-    baselines = None
-    for i, name in enumerate(names):
-        params = {**CONFIGS[name], "seed": args.seed, **extra}
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = cross_validate(bags, y, params, y_sd=y_sd, cv=cv, seed=args.seed, n_bootstrap=args.n_bootstrap,
-                             baselines=baselines is None, progress=False)
-        wall = time.perf_counter() - t0
-        cpu = time.process_time() - c0  # the machine may be shared: CPU time is the fairer cost
-        if baselines is None:
-            baselines = res
-        loc = roc_auc_score(causal, res.attention.mean(0)) if causal.any() and not causal.all() else float("nan")
-        rows.append({"model": f"MIL {name}", **{m: cell(res.metrics, "mil", m) for m in ("mae", "rmse", "spearman", "qwk", "auroc")},
-                     "mae_est": res.metric("mil", "mae"), "loc_auroc": loc, "seconds": res.seconds["mil"], "cpu_s": cpu})
-        print(f"[{i + 1}/{len(names)}] {name}: MAE {rows[-1]['mae']}, loc {loc:.3f}, {res.seconds['mil']:.0f} s wall, "
-              f"{cpu:.0f} s CPU",
-              file=sys.stderr, flush=True)
-    for base in ("ridge", "mean"):
-        rows.append({"model": base, **{m: cell(baselines.metrics, base, m) for m in ("mae", "rmse", "spearman", "qwk", "auroc")},
-                     "mae_est": baselines.metric(base, "mae"), "loc_auroc": float("nan"),
-                     "seconds": baselines.seconds[base], "cpu_s": float("nan")})
-    corr = region_correlations(bags, y, features=("pet_z_mean", "anomaly_mean"))
-    loc_corr = {}
-    for feat in ("pet_z_mean", "anomaly_mean"):
-        sub = corr[corr.feature == feat]
-        if len(sub):
-            score = np.nan_to_num(np.abs(sub["rho"].to_numpy()))
-            loc_corr[feat] = roc_auc_score(causal, score)
-    rows.append({"model": "oracle (crs_true)", **{m: "" for m in ("rmse", "spearman", "qwk", "auroc")},
-                 "mae": f"{floor:.2f}", "mae_est": floor, "loc_auroc": float("nan"), "seconds": 0.0, "cpu_s": float("nan")})
-    table = pd.DataFrame(rows)
-    table["mae/floor"] = table["mae_est"] / floor
-    show = table[["model", "mae", "mae/floor", "rmse", "spearman", "qwk", "auroc", "loc_auroc", "seconds", "cpu_s"]]
-    with pd.option_context("display.width", 250, "display.max_columns", 20):
-        print(f"\nCRS-R benchmark: n={len(y)}, {len(bags.region_names)} regions, cv={cv}, "
-              f"estimate [95% bootstrap CI]; loc_auroc = causal regions by cohort mean out-of-fold attention; "
-              f"seconds = CV wall time, cpu_s = CPU time of the whole CV incl. bootstrap (1 thread)")
-        print(show.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    result = run(configs=names, cv=args.cv, quick=args.quick, scores_dir=args.scores_dir,
+                 participants=args.participants, truth=args.truth, atlas=args.atlas, n_patients=args.n_patients,
+                 seed=args.seed, n_bootstrap=args.n_bootstrap, params=json.loads(args.params), threads=args.threads)
+    print(f"\nCRS-R benchmark: n={result['n']}, {result['n_regions']} regions, cv={result['cv']}, "
+          f"estimate [95% bootstrap CI]; loc_auroc = causal regions by cohort mean out-of-fold attention; "
+          f"seconds = CV wall time, cpu_s = CPU time of the whole CV incl. bootstrap ({args.threads} thread(s))")
+    print(text_table(result))
+    if result["loc_corr"]:
         print("group-correlation localisation AUROC (|rho|): "
-              + ", ".join(f"{k} {v:.3f}" for k, v in loc_corr.items()))
+              + ", ".join(f"{k} {v:.3f}" for k, v in result["loc_corr"].items()))
+    print("targets (issue #5): " + "; ".join(
+        f"{t['target']}: {t['value']} ({'n/a' if t['met'] is None else 'met' if t['met'] else 'NOT met'})"
+        for t in result["targets"]))
     if args.out:
-        table.to_csv(args.out, sep="\t", index=False)
-    return 0
+        result["table"].to_csv(args.out, sep="\t", index=False)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(to_json(result))
+    if args.figure:
+        print(f"scatter: {plot_scatter(result, args.figure)}")
+    return result
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -14,6 +14,10 @@ Usage::
 
     python benchmarks/detection.py                  # 100 controls, 50 patients, 2 mm
     python benchmarks/detection.py --quick          # 20 controls, 10 patients, 4 mm
+    python benchmarks/detection.py --quick --json det.json --figure det_pr.png
+
+``run(...)`` returns the same results as a dict (metrics, precision-recall curves of
+the focal lesions) for other scripts, e.g. ``benchmarks/run_all.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -48,12 +53,39 @@ def machine() -> str:
 def best_dice(labels: np.ndarray, scores: np.ndarray) -> float:
     """Best Dice over all thresholds (from the precision-recall curve)."""
     precision, recall, _ = precision_recall_curve(labels, scores)
+    return _best_dice(precision, recall)
+
+
+def _best_dice(precision: np.ndarray, recall: np.ndarray) -> float:
     dice = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return float(dice.max())
 
 
-def evaluate(model, subjects, truth_dir: Path, controls) -> dict:
-    """Voxel and subject metrics of one fitted model."""
+def subsample_curve(precision: np.ndarray, recall: np.ndarray, thresholds: np.ndarray,
+                    n_points: int = 400) -> dict:
+    """About ``2 n_points`` points of a precision-recall curve, enough to plot it.
+
+    Keeps points evenly spaced along the curve's index (dense where the scores are) and
+    the first point at or past each of ``n_points`` evenly spaced recall levels (so
+    that the steep high-recall end is drawn too), plus both ends.
+    """
+    n = len(recall)
+    idx = np.linspace(0, n - 1, min(n, n_points)).round().astype(int)
+    levels = np.linspace(0.0, 1.0, n_points)
+    # recall is non-increasing along sklearn's output: search on the reversed array
+    at_level = n - 1 - np.searchsorted(recall[::-1], levels, side="left")
+    idx = np.unique(np.clip(np.r_[0, idx, at_level, n - 1], 0, n - 1))
+    thr = np.r_[thresholds, np.nan]  # the last point (recall 0) has no threshold
+    return {"precision": precision[idx].round(5).tolist(), "recall": recall[idx].round(5).tolist(),
+            "threshold": [None if not np.isfinite(t) else round(float(t), 5) for t in thr[idx]]}
+
+
+def evaluate(model, subjects, truth_dir: Path, controls, curve_points: int = 400) -> dict:
+    """Voxel and subject metrics of one fitted model.
+
+    The returned dict also holds ``"pr_focal"``: the precision-recall curve of the
+    pooled focal-lesion voxels, subsampled to about ``2 curve_points`` points.
+    """
     from anomaly.preprocess import resample_to_grid
 
     focal_scores, focal_labels, all_scores, all_labels = [], [], [], []
@@ -78,13 +110,15 @@ def evaluate(model, subjects, truth_dir: Path, controls) -> dict:
     fs, fl = np.concatenate(focal_scores), np.concatenate(focal_labels)
     als, al = np.concatenate(all_scores), np.concatenate(all_labels)
     y = np.r_[np.ones(len(max_patient)), np.zeros(len(max_control))]
+    precision, recall, thresholds = precision_recall_curve(fl, fs)
     return {
         "focal_auroc": roc_auc_score(fl, fs), "focal_auprc": average_precision_score(fl, fs),
-        "focal_dice": best_dice(fl, fs), "focal_prevalence": float(fl.mean()),
+        "focal_dice": _best_dice(precision, recall), "focal_prevalence": float(fl.mean()),
         "all_auroc": roc_auc_score(al, als), "all_auprc": average_precision_score(al, als),
         "all_dice": best_dice(al, als),
         "subject_auroc": roc_auc_score(y, np.r_[max_patient, max_control]) if max_control else float("nan"),
         "seconds_per_subject": seconds,
+        "pr_focal": subsample_curve(precision, recall, thresholds, curve_points),
     }
 
 
@@ -109,7 +143,144 @@ def fit_in_child(method: str, bids: Path, out: Path, settings: dict) -> tuple[fl
     return info["seconds"], info["peak_mb"]
 
 
-def main(argv=None) -> int:
+ROWS = [("focal AUROC", "focal_auroc", "{:.3f}"), ("focal AUPRC", "focal_auprc", "{:.3f}"),
+        ("focal best Dice", "focal_dice", "{:.3f}"), ("all-change AUROC", "all_auroc", "{:.3f}"),
+        ("all-change AUPRC", "all_auprc", "{:.3f}"), ("all-change best Dice", "all_dice", "{:.3f}"),
+        ("patient vs control AUROC (max)", "subject_auroc", "{:.3f}"),
+        ("fit time (s)", "fit_seconds", "{:.0f}"), ("fit peak memory (MB)", "fit_peak_mb", "{:.0f}"),
+        ("scoring (s/subject)", "seconds_per_subject", "{:.2f}")]
+
+
+def run(*, healthy: int = 100, patients: int = 50, test_controls: int = 20, resolution: float = 2.0,
+        epochs: int = 20, seed: int = 0, out_dir: Path | None = None, curve_points: int = 400) -> dict:
+    """Simulate, fit both models, evaluate them; return the results as a dict.
+
+    Returns
+    -------
+    dict
+        ``settings`` (the arguments), ``machine``, ``sim_seconds``, ``results`` (per
+        method: the metrics of :func:`evaluate`, ``fit_seconds``, ``fit_peak_mb``;
+        NaN fit values when the model was reused from ``out_dir``) and ``pr_curves``
+        (per method: ``precision``, ``recall``, ``threshold`` lists of the focal-lesion
+        precision-recall curve, subsampled for plotting).
+    """
+    settings = {"healthy": healthy, "patients": patients, "test_controls": test_controls,
+                "resolution": resolution, "epochs": epochs, "seed": seed,
+                "out_dir": None if out_dir is None else str(out_dir)}
+    work = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="anomaly-detection-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(work, settings, curve_points)
+    finally:
+        if out_dir is None:  # a temporary cohort and models: hundreds of MB at 2 mm
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(work: Path, settings: dict, curve_points: int) -> dict:
+    from anomaly.io import find_subjects
+    from anomaly.normative import NormativeModel
+    from anomaly.simulate import simulate_cohort
+
+    healthy, patients, test_controls = settings["healthy"], settings["patients"], settings["test_controls"]
+    resolution, epochs, seed = settings["resolution"], settings["epochs"], settings["seed"]
+    train_bids, test_bids = work / "train", work / "test"
+    t0 = time.perf_counter()
+    if not train_bids.exists():
+        simulate_cohort(train_bids, n_healthy=healthy, n_patients=0, seed=seed,
+                        resolution=resolution, n_jobs=2)
+    if not test_bids.exists():
+        simulate_cohort(test_bids, n_healthy=test_controls, n_patients=patients,
+                        seed=seed + 1, resolution=resolution, missing_fraction=0.0, n_jobs=2)
+    sim_seconds = time.perf_counter() - t0
+
+    test = find_subjects(test_bids, group="patient")
+    test_controls_ = find_subjects(test_bids, group="control")
+    truth = test_bids / "derivatives" / "simulation"
+    method_settings = {
+        "zscore": {"resolution": resolution, "seed": seed, "device": "cpu"},
+        "ae": {"resolution": resolution, "seed": seed, "device": "cpu", "epochs": epochs},
+    }
+    results, curves = {}, {}
+    for method in ("zscore", "ae"):
+        out = work / f"model-{method}"
+        if (out / "metadata.json").exists():
+            fit_s, peak = float("nan"), float("nan")
+        else:
+            fit_s, peak = fit_in_child(method, train_bids, out, method_settings[method])
+        model = NormativeModel.load(out)
+        metrics = evaluate(model, test, truth, test_controls_, curve_points=curve_points)
+        curves[method] = metrics.pop("pr_focal")
+        metrics.update(fit_seconds=fit_s, fit_peak_mb=peak)
+        results[method] = {k: float(v) for k, v in metrics.items()}
+    return {"settings": settings, "machine": machine(), "sim_seconds": sim_seconds,
+            "results": results, "pr_curves": curves}
+
+
+def markdown(result: dict) -> str:
+    """The results table (Markdown) with its header lines."""
+    st, res = result["settings"], result["results"]
+    lines = [f"Detection benchmark: {st['healthy']} training controls, {st['patients']} patients, "
+             f"{st['test_controls']} test controls, {st['resolution']:g} mm, AE {st['epochs']} epochs",
+             "", f"Machine: {result['machine']}; simulation {result['sim_seconds']:.0f} s", "",
+             "| metric | zscore | ae | ae / zscore |", "|---|---|---|---|"]
+    for name, key, fmt in ROWS:
+        z, a = res["zscore"][key], res["ae"][key]
+        ratio = a / z if z and np.isfinite(z) and np.isfinite(a) else float("nan")
+        lines.append(f"| {name} | {fmt.format(z)} | {fmt.format(a)} | {ratio:.2f} |")
+    lines += ["", f"focal-lesion prevalence among evaluated voxels: {res['ae']['focal_prevalence']:.4f}"]
+    return "\n".join(lines)
+
+
+def plot_pr_curves(result: dict, path: Path) -> Path:
+    """Precision-recall curves of the focal lesions, ae vs zscore, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    st, res = result["settings"], result["results"]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    try:
+        for method, colour in (("zscore", "tab:blue"), ("ae", "tab:orange")):
+            c, m = result["pr_curves"][method], res[method]
+            ax.plot(c["recall"], c["precision"], color=colour, lw=1.6, drawstyle="steps-post",
+                    label=f"{method}: AUPRC {m['focal_auprc']:.3f}, best Dice {m['focal_dice']:.3f}")
+        prevalence = res["ae"]["focal_prevalence"]
+        ax.axhline(prevalence, color="0.5", ls=":", lw=1, label=f"chance (prevalence {prevalence:.4f})")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall (focal-lesion voxels)")
+        ax.set_ylabel("precision")
+        ax.set_title(f"Focal lesions, pooled voxels of {st['patients']} patients\n"
+                     f"{st['healthy']} training controls, {st['resolution']:g} mm, AE {st['epochs']} epochs",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def to_json(result: dict) -> str:
+    """JSON text of a :func:`run` result (NaN written as null)."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        return v
+
+    return json.dumps(clean(result), indent=1)
+
+
+def main(argv=None) -> dict:
+    """Command line; returns the :func:`run` result (``args`` added)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--healthy", type=int, default=100, help="training controls (default 100)")
     parser.add_argument("--patients", type=int, default=50, help="test patients (default 50)")
@@ -118,70 +289,26 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=20, help="autoencoder epochs (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, help="keep data and models here (default: temporary)")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--json", type=Path, help="also write the results (and the PR curves) as JSON")
+    parser.add_argument("--figure", type=Path, help="also save the focal-lesion precision-recall curves (PNG)")
     parser.add_argument("--quick", action="store_true", help="20 controls, 10 patients, 4 mm, 8 epochs")
     args = parser.parse_args(argv)
     if args.quick:
         args.healthy, args.patients, args.test_controls = 20, 10, 5
         args.resolution, args.epochs = 4.0, 8
 
-    from anomaly.io import find_subjects
-    from anomaly.normative import NormativeModel
-    from anomaly.simulate import simulate_cohort
-
-    work = args.out_dir or Path(tempfile.mkdtemp(prefix="anomaly-detection-"))
-    work.mkdir(parents=True, exist_ok=True)
-    train_bids, test_bids = work / "train", work / "test"
-    t0 = time.perf_counter()
-    if not train_bids.exists():
-        simulate_cohort(train_bids, n_healthy=args.healthy, n_patients=0, seed=args.seed,
-                        resolution=args.resolution, n_jobs=2)
-    if not test_bids.exists():
-        simulate_cohort(test_bids, n_healthy=args.test_controls, n_patients=args.patients,
-                        seed=args.seed + 1, resolution=args.resolution, missing_fraction=0.0, n_jobs=2)
-    sim_seconds = time.perf_counter() - t0
-
-    test = find_subjects(test_bids, group="patient")
-    test_controls = find_subjects(test_bids, group="control")
-    truth = test_bids / "derivatives" / "simulation"
-    settings = {
-        "zscore": {"resolution": args.resolution, "seed": args.seed, "device": "cpu"},
-        "ae": {"resolution": args.resolution, "seed": args.seed, "device": "cpu", "epochs": args.epochs},
-    }
-    results = {}
-    for method in ("zscore", "ae"):
-        out = work / f"model-{method}"
-        if (out / "metadata.json").exists():
-            fit_s, peak = float("nan"), float("nan")
-        else:
-            fit_s, peak = fit_in_child(method, train_bids, out, settings[method])
-        model = NormativeModel.load(out)
-        metrics = evaluate(model, test, truth, test_controls)
-        metrics.update(fit_seconds=fit_s, fit_peak_mb=peak)
-        results[method] = metrics
-
+    result = run(healthy=args.healthy, patients=args.patients, test_controls=args.test_controls,
+                 resolution=args.resolution, epochs=args.epochs, seed=args.seed, out_dir=args.out_dir)
+    result["args"] = {k: str(v) for k, v in vars(args).items()}
     print()
-    print(f"Detection benchmark: {args.healthy} training controls, {args.patients} patients, "
-          f"{args.test_controls} test controls, {args.resolution:g} mm, AE {args.epochs} epochs")
-    print(f"Machine: {machine()}; simulation {sim_seconds:.0f} s")
-    rows = [("focal AUROC", "focal_auroc", "{:.3f}"), ("focal AUPRC", "focal_auprc", "{:.3f}"),
-            ("focal best Dice", "focal_dice", "{:.3f}"), ("all-change AUROC", "all_auroc", "{:.3f}"),
-            ("all-change AUPRC", "all_auprc", "{:.3f}"), ("all-change best Dice", "all_dice", "{:.3f}"),
-            ("patient vs control AUROC (max)", "subject_auroc", "{:.3f}"),
-            ("fit time (s)", "fit_seconds", "{:.0f}"), ("fit peak memory (MB)", "fit_peak_mb", "{:.0f}"),
-            ("scoring (s/subject)", "seconds_per_subject", "{:.2f}")]
-    print("| metric | zscore | ae | ae / zscore |")
-    print("|---|---|---|---|")
-    for name, key, fmt in rows:
-        z, a = results["zscore"][key], results["ae"][key]
-        ratio = a / z if z and np.isfinite(z) and np.isfinite(a) else float("nan")
-        print(f"| {name} | {fmt.format(z)} | {fmt.format(a)} | {ratio:.2f} |")
-    print(f"focal-lesion prevalence among evaluated voxels: {results['ae']['focal_prevalence']:.4f}")
+    print(markdown(result))
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "machine": machine(), "results": results}, indent=2))
-    return 0
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(to_json(result))
+    if args.figure:
+        print(f"precision-recall curves: {plot_pr_curves(result, args.figure)}")
+    return result
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

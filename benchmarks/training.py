@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -23,17 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detection import fit_in_child, machine  # noqa: E402
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 400], help="cohort sizes")
-    parser.add_argument("--resolution", type=float, default=2.0)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--out-dir", type=Path, help="keep data here (default: temporary)")
-    args = parser.parse_args(argv)
-
+def measure(args, work: Path) -> list[tuple]:
+    """Simulate and fit each cohort size; returns one row per size."""
     from anomaly.simulate import simulate_cohort
 
-    work = args.out_dir or Path(tempfile.mkdtemp(prefix="anomaly-training-"))
     rows = []
     for n in args.sizes:
         bids = work / f"controls-{n}"
@@ -44,6 +38,23 @@ def main(argv=None) -> int:
         seconds, peak = fit_in_child("ae", bids, work / f"model-{n}",
                                      {"resolution": args.resolution, "epochs": args.epochs, "device": "cpu"})
         rows.append((n, sim, seconds, seconds / args.epochs, peak))
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 400], help="cohort sizes")
+    parser.add_argument("--resolution", type=float, default=2.0)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--out-dir", type=Path, help="keep data here (default: temporary)")
+    args = parser.parse_args(argv)
+
+    work = args.out_dir or Path(tempfile.mkdtemp(prefix="anomaly-training-"))
+    try:
+        rows = measure(args, work)
+    finally:
+        if args.out_dir is None:  # several GB at the default sizes
+            shutil.rmtree(work, ignore_errors=True)
     print()
     print(f"Autoencoder training, {args.resolution:g} mm, 3 modalities, {args.epochs} epoch(s); "
           f"machine: {machine()}")
