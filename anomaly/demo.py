@@ -39,11 +39,12 @@ class DemoSize:
     epochs: int
     cv: str
     seeds: int
+    crs_epochs: int | None = None  # None: the regressor's default
 
 
 #: Default: about 5-8 minutes on 2 CPU cores. Quick: under 2 minutes.
 FULL = DemoSize(healthy=40, patients=40, resolution=3.0, epochs=15, cv="loo", seeds=3)
-QUICK = DemoSize(healthy=16, patients=16, resolution=4.0, epochs=8, cv="kfold:4", seeds=2)
+QUICK = DemoSize(healthy=16, patients=16, resolution=4.0, epochs=8, cv="kfold:4", seeds=2, crs_epochs=80)
 
 
 def _run(argv: list[str], log: list[dict], progress: bool) -> None:
@@ -92,7 +93,8 @@ def run_demo(out: str | Path = "anomaly_demo", *, quick: bool = False, seed: int
           "--epochs", str(size.epochs), "--seed", str(seed), "--device", "auto"], log, progress)
     _run(["score", str(bids), "--model", str(model), "--out", str(scores)], log, progress)
     _run(["fit-crs", str(scores), "--participants", str(participants), "--out", str(crs_model),
-          "--cv", size.cv, "--seeds", str(size.seeds), "--seed", str(seed)], log, progress)
+          "--cv", size.cv, "--seeds", str(size.seeds), "--seed", str(seed)]
+         + ([] if size.crs_epochs is None else ["--epochs", str(size.crs_epochs)]), log, progress)
     _run(["predict", str(scores), "--model", str(crs_model), "--out", str(crs_dir / "predictions.tsv")],
          log, progress)
     _run(["group", str(scores), "--participants", str(participants), "--out", str(group),

@@ -165,25 +165,8 @@ def plot_anomaly_glass_brain(
         Unreadable image, a map with negative values (use
         :func:`plot_signed_glass_brain`), or a bad threshold.
     """
-    from nilearn import plotting
-
     img, overlay = _anomaly_glass_args(anomaly_img, threshold, vmax, cmap)
-    fig = _new_figure(GLASS_FIGSIZE)
-    with warnings.catch_warnings():
-        # nilearn warns "empty mask" for a map with nothing above the threshold: a
-        # healthy-looking subject is a valid result, not a problem.
-        warnings.filterwarnings("ignore", message=".*empty mask.*")
-        plotting.plot_glass_brain(
-            img,
-            figure=fig,
-            title=title,
-            plot_abs=True,
-            symmetric_cbar=False,
-            black_bg=True,
-            colorbar=True,
-            **overlay,
-        )
-    return _save(fig, out_png, dpi)
+    return _draw_glass_brain(img, overlay, title=title, signed=False, out_png=out_png, dpi=dpi)
 
 
 def _anomaly_glass_args(anomaly_img: ImageLike, threshold: Threshold, vmax: float | None,
@@ -239,22 +222,22 @@ def plot_signed_glass_brain(
     The projection keeps, along each line of sight, the value of largest magnitude
     with its sign (``plot_abs=False``), so decreases and increases stay apart.
     """
+    img, overlay = _signed_glass_args(z_img, threshold, vmax)
+    return _draw_glass_brain(img, overlay, title=title, signed=True, out_png=out_png, dpi=dpi)
+
+
+def _draw_glass_brain(img: nib.Nifti1Image, overlay: dict, *, title: str | None, signed: bool,
+                      out_png: PathLike, dpi: int) -> Path:
+    """One glass brain, black background; signed maps keep their sign (plot_abs=False)."""
     from nilearn import plotting
 
-    img, overlay = _signed_glass_args(z_img, threshold, vmax)
     fig = _new_figure(GLASS_FIGSIZE)
     with warnings.catch_warnings():
+        # nilearn warns "empty mask" for a map with nothing above the threshold: a
+        # healthy-looking subject is a valid result, not a problem.
         warnings.filterwarnings("ignore", message=".*empty mask.*")
-        plotting.plot_glass_brain(
-            img,
-            figure=fig,
-            title=title,
-            plot_abs=False,
-            symmetric_cbar=True,
-            black_bg=True,
-            colorbar=True,
-            **overlay,
-        )
+        plotting.plot_glass_brain(img, figure=fig, title=title, plot_abs=not signed,
+                                  symmetric_cbar=signed, black_bg=True, colorbar=True, **overlay)
     return _save(fig, out_png, dpi)
 
 
