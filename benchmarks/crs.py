@@ -57,9 +57,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anomaly.crs import cross_validate, load_region_bags, region_correlations  # noqa: E402
 from anomaly.crs.synthetic import simulate_region_bags  # noqa: E402
+from _common import to_json  # noqa: E402
 
 CONFIGS: dict[str, dict] = {
     "mse": {"loss": "mse"},
@@ -380,23 +382,6 @@ def plot_scatter(result: dict, path: str | Path, config: str | None = None) -> P
         plt.close(fig)
     return path
 
-
-def to_json(result: dict) -> str:
-    """JSON text of a :func:`run` result (DataFrames as records, NaN as null)."""
-    def clean(v):
-        if isinstance(v, pd.DataFrame):
-            return clean(v.to_dict(orient="records"))
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple, np.ndarray)):
-            return [clean(x) for x in v]
-        if isinstance(v, (np.floating, float)):
-            return float(v) if np.isfinite(v) else None
-        if isinstance(v, (np.integer, np.bool_)):
-            return v.item()
-        return v
-
-    return json.dumps(clean(result), indent=1)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -34,20 +33,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-
-def machine() -> str:
-    """CPU model and core count, for the table header."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, to_json  # noqa: E402,F401 - re-exported for training.py and run_all
 
 
 def best_dice(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -264,19 +251,6 @@ def plot_pr_curves(result: dict, path: Path) -> Path:
         plt.close(fig)
     return path
 
-
-def to_json(result: dict) -> str:
-    """JSON text of a :func:`run` result (NaN written as null)."""
-    def clean(v):
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, float) and not np.isfinite(v):
-            return None
-        return v
-
-    return json.dumps(clean(result), indent=1)
 
 
 def main(argv=None) -> dict:

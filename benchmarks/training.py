@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection import fit_in_child, machine  # noqa: E402
+from _common import machine  # noqa: E402
+from detection import fit_in_child  # noqa: E402
 
 
 def measure(args, work: Path) -> list[tuple]:
