@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive_int, default=5, help="ensemble members (default 5)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: model's)")
     p.add_argument("--mcs-cut", type=int, default=8, help="CRS-R cut for MCS-level AUROC (default 8)")
+    p.add_argument("--features", metavar="LIST",
+                   help="region-table columns given to the regressor and the ridge baseline, comma-separated, "
+                        "or 'all' (default anomaly_mean)")
+    p.add_argument("--global-features", metavar="LIST",
+                   help="subject-level values of sub-<label>_scores.json, comma-separated, 'all' or 'none' "
+                        "(default global_cortical_pet_percent where present)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     p = sub.add_parser("predict", parents=[common], help="predict the CRS-R with explanation maps")
@@ -266,7 +272,8 @@ def _cmd_fit_crs(args) -> int:
     kwargs = {} if args.epochs is None else {"epochs": args.epochs}
     fit_crs(args.scores_dir, args.participants, args.out, loss=args.loss, cv=args.cv, atlas=args.atlas,
             lds=args.lds, curriculum=None if args.curriculum == "none" else args.curriculum,
-            n_seeds=args.seeds, mcs_cut=args.mcs_cut, seed=args.seed, progress=not args.quiet, **kwargs)
+            n_seeds=args.seeds, mcs_cut=args.mcs_cut, seed=args.seed, features=args.features,
+            global_features=args.global_features, progress=not args.quiet, **kwargs)
     return 0
 
 

@@ -3,7 +3,8 @@
 Compares, with the same cross-validation folds and bootstrap draws:
 
 * the MIL attention regressor with each loss (mse, huber, coral, corn, rank, kappa,
-  soft, coral+rank), with label-distribution smoothing, and with each curriculum
+  soft, coral+rank), the identity link of the scalar head against the default log
+  link (``mse-identity``), with label-distribution smoothing, and with each curriculum
   (confidence, self-paced) against the random-order control with the same growing
   training-set sizes;
 * the two baselines: ridge regression on the flattened region features and the
@@ -20,7 +21,9 @@ Inputs
 ``--synthetic`` (default): region tables simulated by
 :func:`anomaly.crs.synthetic.simulate_region_bags` (50 patients, the 136
 Neuromorphometrics regions, 18 features shaped like `anomaly score`'s tables; the
-generating model is documented there). Otherwise a scored cohort: ``--scores-dir``
+generating model is documented there). Every model sees the columns ``--features`` and
+``--global-features`` choose, as in ``anomaly fit-crs`` (default: its defaults,
+``anomaly_mean`` + ``global_cortical_pet_percent``; ``--features all`` gives all). Otherwise a scored cohort: ``--scores-dir``
 (output of `anomaly score`), ``--participants`` (its participants.tsv, with ``crs``) and
 ``--truth``: the simulator's ``derivatives/simulation`` folder, or its ``truth.tsv``
 (``participant_id``, ``crs_true``, ``crs``) with ``causal_regions.json`` next to it (a
@@ -59,12 +62,13 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from anomaly.crs import cross_validate, load_region_bags, region_correlations  # noqa: E402
+from anomaly.crs import cross_validate, load_region_bags, region_correlations, select_features  # noqa: E402
 from anomaly.crs.synthetic import simulate_region_bags  # noqa: E402
 from _common import to_json  # noqa: E402
 
 CONFIGS: dict[str, dict] = {
     "mse": {"loss": "mse"},
+    "mse-identity": {"loss": "mse", "link": "identity"},
     "huber": {"loss": "huber"},
     "coral": {"loss": "coral"},
     "corn": {"loss": "corn"},
@@ -77,7 +81,7 @@ CONFIGS: dict[str, dict] = {
     "mse+cur-self-paced": {"loss": "mse", "curriculum": "self-paced"},
     "mse+cur-random": {"loss": "mse", "curriculum": "random"},
 }
-QUICK = ["mse", "coral", "rank", "soft", "mse+lds", "mse+cur-confidence", "mse+cur-random"]
+QUICK = ["mse", "mse-identity", "coral", "rank", "soft", "mse+lds", "mse+cur-confidence", "mse+cur-random"]
 
 
 def truth_paths(truth: str | Path) -> tuple[Path, Path]:
@@ -182,12 +186,14 @@ SHOW = ["model", "mae", "mae/floor", "rmse", "spearman", "qwk", "auroc", "loc_au
 
 def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = False, scores_dir=None,
         participants=None, truth=None, atlas=None, n_patients: int = 50, seed: int = 0, n_bootstrap: int = 1000,
-        params: dict | None = None, threads: int | None = 1) -> dict:
+        params: dict | None = None, threads: int | None = 1, features=None, global_features=None) -> dict:
     """Run the benchmark and return its results as data.
 
     Parameters mirror the command line (``quick``: ``kfold:5`` instead of ``loo`` and
     the :data:`QUICK` configurations unless given). ``threads`` sets
-    ``torch.set_num_threads`` (None: leave it).
+    ``torch.set_num_threads`` (None: leave it). ``features`` and ``global_features``
+    choose the columns every model (MIL and ridge) sees, as ``anomaly fit-crs
+    --features / --global-features`` (default: its defaults).
 
     Returns
     -------
@@ -211,10 +217,12 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
     extra = dict(params or {})
     data = load_inputs(scores_dir=scores_dir, participants=participants, truth=truth, atlas=atlas,
                        n_patients=n_patients, seed=seed)
-    bags, y, y_sd, crs_true, causal = data["bags"], data["y"], data["y_sd"], data["crs_true"], data["causal"]
+    all_bags, y, y_sd, crs_true, causal = data["bags"], data["y"], data["y_sd"], data["crs_true"], data["causal"]
+    bags = select_features(all_bags, features, global_features)
     floor = float(np.mean(np.abs(crs_true - y)))
     log(f"cohort: {len(y)} patients, {len(bags.region_names)} regions ({int(causal.sum())} causal), "
-        f"{len(bags.feature_names)} features; cv={cv}; noise floor MAE={floor:.3f}")
+        f"features {', '.join(bags.feature_names)} + {', '.join(bags.global_feature_names) or 'no'} subject-level; "
+        f"cv={cv}; noise floor MAE={floor:.3f}")
     can_localise = bool(causal.any() and not causal.all())
 
     rows, attention = [], {}
@@ -242,7 +250,7 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
         rows.append({"model": base, **{m: cell(baselines.metrics, base, m) for m in METRIC_COLUMNS},
                      "mae_est": baselines.metric(base, "mae"), "spearman_est": baselines.metric(base, "spearman"),
                      "loc_auroc": float("nan"), "seconds": baselines.seconds[base], "cpu_s": float("nan")})
-    corr = region_correlations(bags, y, features=("pet_z_mean", "anomaly_mean"))
+    corr = region_correlations(all_bags, y, features=("pet_z_mean", "anomaly_mean"))
     loc_corr = {}
     for feat in ("pet_z_mean", "anomaly_mean"):
         sub = corr[corr.feature == feat]
@@ -258,9 +266,11 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
         "settings": {"configs": names, "cv": cv, "quick": quick, "scores_dir": None if scores_dir is None else str(scores_dir),
                      "participants": None if participants is None else str(participants),
                      "truth": None if truth is None else str(truth), "atlas": atlas, "n_patients": n_patients,
-                     "seed": seed, "n_bootstrap": n_bootstrap, "params": extra, "threads": threads},
+                     "seed": seed, "n_bootstrap": n_bootstrap, "params": extra, "threads": threads,
+                     "features": list(bags.feature_names), "global_features": list(bags.global_feature_names)},
         "source": data["source"], "n": len(y), "n_regions": len(bags.region_names), "n_causal": int(causal.sum()),
-        "n_features": len(bags.feature_names), "causal_missing": data["causal_missing"], "cv": cv,
+        "n_features": len(bags.feature_names), "feature_names": list(bags.feature_names),
+        "global_feature_names": list(bags.global_feature_names), "causal_missing": data["causal_missing"], "cv": cv,
         "noise_floor": floor, "table": table, "loc_corr": loc_corr, "predictions": predictions,
         "attention": attention, "region_names": list(bags.region_names), "causal": causal.tolist(),
     }
@@ -320,7 +330,8 @@ def markdown(result: dict) -> str:
         return str(v)
 
     lines = [f"Cohort: {result['source']}; {result['n']} patients, {result['n_regions']} regions "
-             f"({result['n_causal']} causal), {result['n_features']} features; cv={result['cv']}; "
+             f"({result['n_causal']} causal); features {', '.join(result.get('feature_names', []))} + "
+             f"{', '.join(result.get('global_feature_names', [])) or 'no'} subject-level; cv={result['cv']}; "
              f"noise floor MAE (crs_true vs label) {result['noise_floor']:.3f}.", "",
              "Cells: estimate [95% bootstrap CI]. loc_auroc: causal regions ranked by the cohort-mean "
              "out-of-fold attention. seconds: CV wall time; cpu_s: CPU time of the whole CV incl. "
@@ -403,6 +414,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help="also write the table as TSV")
     ap.add_argument("--json", help="also write the results (table, out-of-fold predictions, targets) as JSON")
     ap.add_argument("--figure", help="also save the predicted-vs-true CRS-R scatter (PNG)")
+    ap.add_argument("--features", help="region-table columns for every model, comma-separated, or 'all' "
+                                       "(default: anomaly fit-crs's, anomaly_mean)")
+    ap.add_argument("--global-features", help="subject-level values, comma-separated, 'all' or 'none' "
+                                              "(default: global_cortical_pet_percent)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     if args.scores_dir is not None and (args.participants is None or args.truth is None):
@@ -421,7 +436,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = run(configs=names, cv=args.cv, quick=args.quick, scores_dir=args.scores_dir,
                  participants=args.participants, truth=args.truth, atlas=args.atlas, n_patients=args.n_patients,
-                 seed=args.seed, n_bootstrap=args.n_bootstrap, params=json.loads(args.params), threads=args.threads)
+                 seed=args.seed, n_bootstrap=args.n_bootstrap, params=json.loads(args.params), threads=args.threads,
+                 features=args.features, global_features=args.global_features)
     print(f"\nCRS-R benchmark: n={result['n']}, {result['n_regions']} regions, cv={result['cv']}, "
           f"estimate [95% bootstrap CI]; loc_auroc = causal regions by cohort mean out-of-fold attention; "
           f"seconds = CV wall time, cpu_s = CPU time of the whole CV incl. bootstrap ({args.threads} thread(s))")

@@ -191,3 +191,29 @@ def test_predict_from_tables_matches_predict_crs(dataset, tmp_path):
     assert out["crs_pred"] == pytest.approx(ref.crs_pred.iloc[0], abs=1e-3)
     assert out["crs_lower"] <= out["crs_pred"] <= out["crs_upper"] and out["interval_level"] == pytest.approx(0.9)
     json.dumps(out)  # JSON-ready for scores.json
+
+
+def test_fit_crs_feature_choice_reaches_model_and_cli_errors(dataset, tmp_path, capsys):
+    from anomaly.cli import main
+
+    meta = json.loads((dataset["model"] / "metadata.json").read_text())
+    assert meta["feature_names"] == ["anomaly_mean"]  # the default
+    assert meta["state"]["global_feature_names_"] == ["global_cortical_pet_percent"]
+    out = tmp_path / "m"
+    rc = main(["fit-crs", str(dataset["scores"]), "--participants", str(dataset["participants"]), "--out", str(out),
+               "--cv", "kfold:3", "--seeds", "1", "--epochs", "5", "--features", "pet_z_mean,FLAIR_z_mean",
+               "--global-features", "none", "--quiet"])
+    assert rc == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["feature_names"] == ["pet_z_mean", "FLAIR_z_mean"] and meta["state"]["global_feature_names_"] == []
+    # The saved model predicts from full tables: it picks its own columns.
+    pred = predict_crs(dataset["scores"], out, tmp_path / "p.tsv", progress=False)
+    assert pred["crs_pred"].notna().all()
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    rc = main(["fit-crs", str(dataset["scores"]), "--participants", str(dataset["participants"]), "--out", str(bad),
+               "--features", "anomaly_mean,bogus", "--quiet"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert rc == 2 and len(err) == 1 and err[0].startswith("anomaly fit-crs: error: ")
+    assert str(dataset["scores"]) in err[0] and "no feature 'bogus'" in err[0]
+    assert not bad.exists()

@@ -64,3 +64,41 @@ def test_synthetic_scores_dir_round_trip(tmp_path):
     assert np.allclose(np.nan_to_num(bags.features), np.nan_to_num(cohort.bags.features), atol=1e-3)
     assert np.array_equal(bags.missing, cohort.bags.missing)
     assert len(bags.feature_names) == 18
+
+
+def test_select_keeps_the_named_columns_in_order(tmp_path):
+    write_table(tmp_path, "sub-01")
+    sub = write_table(tmp_path, "sub-02", pet=False)
+    (sub / "sub-02_scores.json").write_text(json.dumps({"global_cortical_pet_percent": 40.0, "age": 50}))
+    bags = load_region_bags(tmp_path)
+    sel = bags.select(["pet_z_mean", "anomaly_mean"], ["age"])
+    assert sel.feature_names == ["pet_z_mean", "anomaly_mean"]
+    assert np.array_equal(sel.features[0, :, 1], bags.feature("anomaly_mean")[0])
+    assert sel.missing[1, :, 0].all() and not sel.missing[1, :, 1].any()
+    assert sel.global_feature_names == ["age"] and sel.global_features[1, 0] == 50
+    assert bags.select().feature_names == bags.feature_names  # None keeps all
+    assert bags.select(global_features=[]).global_features is None
+    with pytest.raises(KeyError, match="no feature 'bogus'; available: anomaly_mean, T1w_z_mean"):
+        bags.select(["bogus"])
+    with pytest.raises(KeyError, match="subject-level value 'x'"):
+        bags.select(global_features=["x"])
+
+
+def test_select_features_defaults_all_none_and_errors(tmp_path):
+    from anomaly.crs import DEFAULT_FEATURES, select_features
+
+    write_table(tmp_path, "sub-01")
+    bags = load_region_bags(tmp_path)
+    assert bags.global_features is None  # no scores JSON: no PET level to default to
+    default = select_features(bags)
+    assert default.feature_names == list(DEFAULT_FEATURES) and default.global_feature_names == []
+    bags.global_features = np.array([[52.0, 61.0]], np.float32)
+    bags.global_feature_names = ["global_cortical_pet_percent", "age"]
+    default = select_features(bags)
+    assert default.global_feature_names == ["global_cortical_pet_percent"]
+    assert select_features(bags, "all", "all").feature_names == bags.feature_names
+    assert select_features(bags, "all", "ALL").global_feature_names == ["global_cortical_pet_percent", "age"]
+    listed = select_features(bags, " T1w_z_mean,anomaly_mean ", "none")
+    assert listed.feature_names == ["T1w_z_mean", "anomaly_mean"] and listed.global_features is None
+    with pytest.raises(AnomalyInputError, match=r"^scores: no feature 'pet_mean'"):
+        select_features(bags, "pet_mean", where="scores")

@@ -94,12 +94,30 @@ def test_estimator_api(rng):
 
 @pytest.mark.parametrize("params, match", [
     ({"loss": "bogus"}, "loss"), ({"dropout": 1.5}, "dropout"), ({"curriculum": "hard"}, "curriculum"),
-    ({"n_seeds": 0}, "n_seeds"), ({"batch_size": 1}, "batch_size"),
+    ({"n_seeds": 0}, "n_seeds"), ({"batch_size": 1}, "batch_size"), ({"link": "logit"}, "link"),
 ])
 def test_invalid_params(rng, params, match):
     bags, y = signal_bags(rng, n=8)
     with pytest.raises(ValueError, match=match):
         MILRegressor(**params).fit(bags, y)
+
+
+@pytest.mark.parametrize("link", ["log", "identity"])
+def test_both_links_fit_and_stay_on_the_scale(rng, link):
+    bags, y = signal_bags(rng, n=40)
+    model = MILRegressor(link=link, epochs=150, n_seeds=2, hidden=8, seed=0).fit(bags, y)
+    pred = model.predict(bags)
+    assert np.abs(pred - y).mean() < 0.3 * np.abs(y - y.mean()).mean()
+    # Inputs far outside the training range (a corrupt table) still give a score in 0..23:
+    # the log link's score is bounded, so exp() cannot overflow.
+    wild = model.predict(bags.features * 1e4)
+    assert np.isfinite(wild).all() and (wild >= 0).all() and (wild <= 23).all()
+
+
+def test_log_link_trains_on_all_zero_labels(rng):
+    bags, y = signal_bags(rng, n=10)
+    pred = MILRegressor(link="log", epochs=30, n_seeds=1).fit(bags, np.zeros(10)).predict(bags)
+    assert np.all(pred < 0.5)
 
 
 def test_invalid_labels(rng):

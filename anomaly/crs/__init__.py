@@ -7,7 +7,7 @@ conformal intervals), model folders and group analysis.
 
 Public API
 ----------
-load_region_bags, RegionBags
+load_region_bags, RegionBags, select_features, DEFAULT_FEATURES, DEFAULT_GLOBAL_FEATURES
 MILRegressor
 cross_validate, CVResult, regression_metrics, bootstrap_metrics,
 quadratic_weighted_kappa, conformal_quantile, MeanBaseline, RidgeBaseline
@@ -18,9 +18,9 @@ save_crs_model, load_crs_model, CRSModel
 fit_crs, predict_crs, predict_from_tables, group_analysis
 """
 
-from .commands import fit_crs, group_analysis, predict_crs, predict_from_tables
+from .commands import fit_crs, group_analysis, predict_crs, predict_from_tables, select_features
 from .curriculum import curriculum_masks, curriculum_order, pacing_sizes
-from .features import RegionBags, bags_from_tables, find_region_tables, load_region_bags
+from .features import DEFAULT_FEATURES, DEFAULT_GLOBAL_FEATURES, RegionBags, bags_from_tables, find_region_tables, load_region_bags
 from .group import benjamini_hochberg, region_correlations
 from .losses import LOSSES, lds_weights, parse_loss
 from .model import MILRegressor
@@ -33,6 +33,9 @@ __all__ = [
     "load_region_bags",
     "bags_from_tables",
     "find_region_tables",
+    "select_features",
+    "DEFAULT_FEATURES",
+    "DEFAULT_GLOBAL_FEATURES",
     "MILRegressor",
     "LOSSES",
     "parse_loss",

@@ -20,14 +20,15 @@ import pandas as pd
 from anomaly.io import AnomalyInputError, check_output_dir, read_participants, save_image, write_tsv
 
 from ._maps import load_atlas_on, paint_regions, plot_glass_brain
-from .features import RegionBags, bags_from_tables, find_region_tables, load_region_bags
+from .features import (DEFAULT_FEATURES, DEFAULT_GLOBAL_FEATURES, RegionBags, bags_from_tables, find_region_tables,
+                       load_region_bags)
 from .group import crs_bands, region_correlations
 from .losses import N_LEVELS
 from .model import MILRegressor
 from .modelio import CRSModel, load_crs_model, save_crs_model
 from .validation import cross_validate, tune_params
 
-__all__ = ["fit_crs", "predict_crs", "predict_from_tables", "group_analysis", "crs_level"]
+__all__ = ["fit_crs", "select_features", "predict_crs", "predict_from_tables", "group_analysis", "crs_level"]
 
 SPACE = "space-MNI152NLin2009cAsym"
 
@@ -81,6 +82,50 @@ def _labelled_patients(participants: Any, scores_dir: Path, atlas: str | None) -
     return bags, y, sd, atlas_name
 
 
+def _names(value: str | Sequence[str] | None) -> str | list[str] | None:
+    """``"a,b"`` or ``["a", "b"]`` -> list; ``"all"`` / ``"none"`` / None unchanged."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value.strip().lower() in ("all", "none"):
+            return value.strip().lower()
+        value = value.split(",")
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+def select_features(bags: RegionBags, features: str | Sequence[str] | None = None,
+                    global_features: str | Sequence[str] | None = None, *, where: str = "region tables") -> RegionBags:
+    """Keep the region features and subject-level values the regressor should see.
+
+    Parameters
+    ----------
+    bags : RegionBags
+    features : "all", list or comma-separated str, optional
+        Region-table columns. Default: :data:`~anomaly.crs.features.DEFAULT_FEATURES`.
+    global_features : "all", "none", list or comma-separated str, optional
+        Values of ``sub-<l>_scores.json``. Default:
+        :data:`~anomaly.crs.features.DEFAULT_GLOBAL_FEATURES` where present (a model
+        without PET has no global cortical PET level).
+    where : str
+        Named in error messages.
+
+    Raises
+    ------
+    anomaly.io.AnomalyInputError
+        A requested name that no region table or scores file has.
+    """
+    features, global_features = _names(features), _names(global_features)
+    if features is None:
+        features = [f for f in DEFAULT_FEATURES if f in bags.feature_names] or "all"
+    if global_features is None:
+        global_features = [g for g in DEFAULT_GLOBAL_FEATURES if g in bags.global_feature_names]
+    try:
+        return bags.select(None if features == "all" else features,
+                           None if global_features == "all" else [] if global_features == "none" else global_features)
+    except KeyError as exc:
+        raise AnomalyInputError(f"{where}: {exc.args[0]}") from None
+
+
 def _metrics_dict(metrics: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, dict[str, dict[str, float]]] = {}
     for r in metrics.itertuples(index=False):
@@ -92,7 +137,8 @@ def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.
             loss: str = "mse", cv: str = "loo", atlas: str | None = None, lds: bool = False,
             curriculum: str | None = None, n_seeds: int = 5, epochs: int | None = None, mcs_cut: float = 8,
             seed: int = 0, alpha: float = 0.1, n_bootstrap: int = 1000, params: Mapping[str, Any] | None = None,
-            param_grid: Mapping[str, Sequence[Any]] | None = None, progress: bool = True) -> dict[str, Any]:
+            param_grid: Mapping[str, Sequence[Any]] | None = None, features: str | Sequence[str] | None = None,
+            global_features: str | Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Cross-validate and fit the CRS-R regressor; save the model folder.
 
     Parameters
@@ -127,6 +173,12 @@ def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.
         Further :class:`MILRegressor` parameters (hidden, lr, dropout...).
     param_grid : mapping, optional
         Hyperparameters to tune by nested CV (and by CV on all data for the final fit).
+    features : "all", list or comma-separated str, optional
+        Region-table columns given to the regressor AND to the ridge baseline.
+        Default: ``anomaly_mean`` (see :func:`select_features`).
+    global_features : "all", "none", list or comma-separated str, optional
+        Subject-level values (``sub-<l>_scores.json``). Default:
+        ``global_cortical_pet_percent`` where present.
     progress : bool, default=True
 
     Returns
@@ -136,7 +188,6 @@ def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.
         "mean", plus ``"conformal_quantile"`` and ``"n_patients"``.
     """
     scores_dir = Path(scores_dir)
-    out = check_output_dir(out_dir, inputs=(scores_dir,))
     mil_params: dict[str, Any] = {"loss": loss, "lds": bool(lds), "curriculum": curriculum, "n_seeds": int(n_seeds),
                                   "mcs_cut": mcs_cut, "seed": int(seed)}
     if epochs is not None:
@@ -150,8 +201,12 @@ def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.
         raise AnomalyInputError(f"fit-crs: {exc}") from None
 
     bags, y, y_sd, atlas_name = _labelled_patients(participants, scores_dir, atlas)
+    bags = select_features(bags, features, global_features, where=str(scores_dir))
+    # Created only once every input is known to be good: a refused run leaves nothing.
+    out = check_output_dir(out_dir, inputs=(scores_dir,))
     _log(f"fit-crs: {len(y)} patients, {len(bags.region_index)} atlas-{atlas_name} regions, "
-         f"{len(bags.feature_names)} features, loss={loss}, cv={cv}")
+         f"features {', '.join(bags.feature_names)}; subject-level {', '.join(bags.global_feature_names) or 'none'}; "
+         f"loss={loss}, cv={cv}")
     try:
         t0 = time.perf_counter()
         result = cross_validate(bags, y, mil_params, y_sd=y_sd, cv=cv, seed=seed, mcs_cut=mcs_cut, alpha=alpha,

@@ -20,7 +20,17 @@ import pandas as pd
 
 from anomaly.io import AnomalyInputError
 
-__all__ = ["RegionBags", "load_region_bags", "bags_from_tables", "find_region_tables", "feature_group"]
+__all__ = ["RegionBags", "load_region_bags", "bags_from_tables", "find_region_tables", "feature_group",
+           "DEFAULT_FEATURES", "DEFAULT_GLOBAL_FEATURES"]
+
+#: Region-table columns the CRS-R regressor uses by default: the normative model's
+#: combined anomaly of each region. On the simulated coma pipeline, adding the
+#: per-modality statistics (19 columns, x 135 regions, for ~50 patients) made both the
+#: MIL regressor and ridge worse (README, "CRS-R"); ``features="all"`` restores them.
+DEFAULT_FEATURES = ("anomaly_mean",)
+#: Subject-level values used by default: the global cortical metabolism level (% of
+#: normal), the best-established PET marker of consciousness recovery.
+DEFAULT_GLOBAL_FEATURES = ("global_cortical_pet_percent",)
 
 # Columns of a region table that describe the region rather than the subject.
 _ID_COLUMNS = ("index", "name", "n_voxels")
@@ -183,6 +193,45 @@ class RegionBags:
             feature_names=list(feature_names),
             global_features=glob,
             global_feature_names=list(global_feature_names),
+            atlas=self.atlas,
+        )
+
+    def select(self, features: Sequence[str] | None = None,
+               global_features: Sequence[str] | None = None) -> "RegionBags":
+        """Keep some region features and subject-level values, in the order given.
+
+        Parameters
+        ----------
+        features : sequence of str, optional
+            Region-table columns to keep (default: all).
+        global_features : sequence of str, optional
+            Subject-level values to keep (default: all; ``()`` keeps none).
+
+        Raises
+        ------
+        KeyError
+            A name the bags do not have.
+        """
+        fnames = list(self.feature_names) if features is None else [str(f) for f in features]
+        gnames = list(self.global_feature_names) if global_features is None else [str(g) for g in global_features]
+        for wanted, have, kind in ((fnames, self.feature_names, "feature"),
+                                   (gnames, self.global_feature_names, "subject-level value")):
+            unknown = [n for n in wanted if n not in have]
+            if unknown:
+                raise KeyError(f"no {kind} {unknown[0]!r}; available: {', '.join(have) or 'none'}")
+        if not fnames:
+            raise KeyError("at least one region feature is needed")
+        f_idx = [self.feature_names.index(n) for n in fnames]
+        g_idx = [self.global_feature_names.index(n) for n in gnames]
+        return RegionBags(
+            participant_ids=list(self.participant_ids),
+            features=self.features[:, :, f_idx],
+            missing=self.missing[:, :, f_idx],
+            region_index=self.region_index,
+            region_names=list(self.region_names),
+            feature_names=fnames,
+            global_features=None if not g_idx or self.global_features is None else self.global_features[:, g_idx],
+            global_feature_names=gnames if g_idx else [],
             atlas=self.atlas,
         )
 
