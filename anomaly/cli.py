@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--global-features", metavar="LIST",
                    help="subject-level values of sub-<label>_scores.json, comma-separated, 'all' or 'none' "
                         "(default global_cortical_pet_percent where present)")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="cross-validation folds fitted in parallel processes (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     p = sub.add_parser("predict", parents=[common], help="predict the CRS-R with explanation maps")
@@ -273,7 +275,7 @@ def _cmd_fit_crs(args) -> int:
     fit_crs(args.scores_dir, args.participants, args.out, loss=args.loss, cv=args.cv, atlas=args.atlas,
             lds=args.lds, curriculum=None if args.curriculum == "none" else args.curriculum,
             n_seeds=args.seeds, mcs_cut=args.mcs_cut, seed=args.seed, features=args.features,
-            global_features=args.global_features, progress=not args.quiet, **kwargs)
+            global_features=args.global_features, n_jobs=args.jobs, progress=not args.quiet, **kwargs)
     return 0
 
 

@@ -93,7 +93,7 @@ def run_demo(out: str | Path = "anomaly_demo", *, quick: bool = False, seed: int
           "--epochs", str(size.epochs), "--seed", str(seed), "--device", "auto"], log, progress)
     _run(["score", str(bids), "--model", str(model), "--out", str(scores)], log, progress)
     _run(["fit-crs", str(scores), "--participants", str(participants), "--out", str(crs_model),
-          "--cv", size.cv, "--seeds", str(size.seeds), "--seed", str(seed)]
+          "--cv", size.cv, "--seeds", str(size.seeds), "--seed", str(seed), "--jobs", "2"]
          + ([] if size.crs_epochs is None else ["--epochs", str(size.crs_epochs)]), log, progress)
     _run(["predict", str(scores), "--model", str(crs_model), "--out", str(crs_dir / "predictions.tsv")],
          log, progress)

@@ -11,7 +11,9 @@ This script:
 1. builds region tables for a simulated cohort: simulate, fit a quick z-score model on
    the controls, score the patients with :class:`anomaly.scoring.Scorer` (or reads an
    existing scores folder: ``--scores DIR --participants participants.tsv``);
-2. loads them as bags (:func:`anomaly.crs.load_region_bags`) with the CRS-R labels;
+2. loads them as bags (:func:`anomaly.crs.load_region_bags`) with the CRS-R labels and
+   keeps the columns ``anomaly fit-crs`` uses by default (``--features``: each region's
+   mean anomaly, plus the global cortical PET level; ``all`` for every column);
 3. cross-validates the MIL regressor with the loss (``--loss``: mse, huber, coral,
    corn, rank, kappa, soft, or combinations such as ``coral+rank``) and curriculum
    (``--curriculum``: none, confidence, self-paced, random) of your choice, against a
@@ -40,7 +42,8 @@ import numpy as np
 import pandas as pd
 from _common import output_dir, parser, quiet_atlas_warnings, simulated_scores
 
-from anomaly.crs import MILRegressor, cross_validate, find_region_tables, load_region_bags, save_crs_model
+from anomaly.crs import (MILRegressor, cross_validate, find_region_tables, load_region_bags, save_crs_model,
+                         select_features)
 from anomaly.io import read_participants, write_tsv
 
 
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--curriculum", default="confidence", choices=("none", "confidence", "self-paced", "random"),
                    help="easy-to-hard training order (default confidence)")
     p.add_argument("--cv", default=None, help="loo, kfold:K or kfold:KxR (default kfold:4 quick, loo otherwise)")
+    p.add_argument("--features", default=None,
+                   help="region-table columns, comma-separated, or 'all' (default: anomaly fit-crs's, anomaly_mean)")
     p.add_argument("--scores", type=Path, help="existing scores folder (output of `anomaly score`)")
     p.add_argument("--participants", type=Path, help="participants.tsv with the crs column (with --scores)")
     args = p.parse_args(argv)
@@ -74,16 +79,20 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         print(f"skipped (CRS-R but no region table): {', '.join(table.loc[lacking, 'participant_id'])}")
     table = table[table["crs"].notna() & table["participant_id"].isin(tables)]
     bags = load_region_bags(scores, participant_ids=table["participant_id"].tolist())
+    # Few, meaningful columns: with ~50 patients every extra column per region adds
+    # noise to the MIL regressor and to ridge alike (README, "CRS-R regression").
+    bags = select_features(bags, args.features)
     y = table["crs"].to_numpy(float)
     y_sd = table["crs_sd"].to_numpy(float) if table["crs_sd"].notna().any() else None
-    print(f"{len(bags)} patients, {len(bags.region_names)} regions, {len(bags.feature_names)} features per region"
+    print(f"{len(bags)} patients, {len(bags.region_names)} regions, features {', '.join(bags.feature_names)}"
+          f" + {', '.join(bags.global_feature_names) or 'no'} subject-level"
           f"; CRS-R {y.min():.0f}-{y.max():.0f} (median {np.median(y):.0f})")
 
     # 3. Cross-validation. The estimator is cloned for every fold; the baselines see the
-    #    same folds (ridge on all region features flattened, and the training mean).
+    #    same folds (ridge on the same region features flattened, and the training mean).
     curriculum = None if args.curriculum == "none" else args.curriculum
-    estimator = MILRegressor(loss=args.loss, curriculum=curriculum, epochs=40 if args.quick else 150,
-                             n_seeds=2 if args.quick else 5, seed=args.seed)
+    estimator = MILRegressor(loss=args.loss, curriculum=curriculum, n_seeds=2 if args.quick else 5, seed=args.seed,
+                             **({"epochs": 40} if args.quick else {}))
     cv = args.cv or ("kfold:4" if args.quick else "loo")
     result = cross_validate(bags, y, estimator, y_sd=y_sd, cv=cv, seed=args.seed,
                             n_bootstrap=200 if args.quick else 1000)

@@ -1,6 +1,7 @@
 """Metrics, bootstrap, CV (incl. nested), baselines, conformal intervals, FDR."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import false_discovery_control, spearmanr
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
@@ -94,6 +95,18 @@ def test_cross_validate_loo_with_baselines():
     assert res.attention.shape == (14, 8)
     table = res.table()
     assert list(table.index) == ["mil", "ridge", "mean"] and "qwk" in table.columns
+
+
+def test_parallel_folds_give_the_serial_results():
+    cohort = simulate_region_bags(12, n_regions=6, seed=5)
+    kwargs = dict(cv="kfold:3", n_bootstrap=20, progress=False)
+    params = {"epochs": 15, "n_seeds": 2}
+    serial = cross_validate(cohort.bags, cohort.crs, params, **kwargs)
+    parallel = cross_validate(cohort.bags, cohort.crs, params, n_jobs=2, **kwargs)
+    pd.testing.assert_frame_equal(serial.predictions, parallel.predictions)
+    assert np.array_equal(serial.attention, parallel.attention)
+    with pytest.raises(ValueError, match="n_jobs"):
+        cross_validate(cohort.bags, cohort.crs, params, n_jobs=0, **kwargs)
 
 
 def test_nested_tuning_records_each_outer_fold():

@@ -138,7 +138,8 @@ def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.
             curriculum: str | None = None, n_seeds: int = 5, epochs: int | None = None, mcs_cut: float = 8,
             seed: int = 0, alpha: float = 0.1, n_bootstrap: int = 1000, params: Mapping[str, Any] | None = None,
             param_grid: Mapping[str, Sequence[Any]] | None = None, features: str | Sequence[str] | None = None,
-            global_features: str | Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
+            global_features: str | Sequence[str] | None = None, n_jobs: int = 1,
+            progress: bool = True) -> dict[str, Any]:
     """Cross-validate and fit the CRS-R regressor; save the model folder.
 
     Parameters
@@ -179,6 +180,9 @@ def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.
     global_features : "all", "none", list or comma-separated str, optional
         Subject-level values (``sub-<l>_scores.json``). Default:
         ``global_cortical_pet_percent`` where present.
+    n_jobs : int, default=1
+        Cross-validation folds fitted in parallel processes (-1: one per core); the
+        results do not depend on it.
     progress : bool, default=True
 
     Returns
@@ -210,7 +214,7 @@ def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.
     try:
         t0 = time.perf_counter()
         result = cross_validate(bags, y, mil_params, y_sd=y_sd, cv=cv, seed=seed, mcs_cut=mcs_cut, alpha=alpha,
-                                n_bootstrap=n_bootstrap, param_grid=param_grid, progress=progress)
+                                n_bootstrap=n_bootstrap, param_grid=param_grid, n_jobs=n_jobs, progress=progress)
         cv_seconds = time.perf_counter() - t0
     except ValueError as exc:  # e.g. more folds than patients
         raise AnomalyInputError(f"fit-crs: {exc}") from None

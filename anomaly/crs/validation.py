@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -330,6 +331,28 @@ def tune_params(bags: RegionBags, y: np.ndarray, estimator: Any, param_grid: Map
     return dict(best or {})
 
 
+def _run_fold(models: Mapping[str, Callable[[], Any]], bags: RegionBags, y: np.ndarray, sd: np.ndarray | None,
+              train: np.ndarray, test: np.ndarray, *, param_grid: Mapping[str, Sequence[Any]] | None,
+              inner_cv: str, seed: int, single_thread: bool) -> dict[str, tuple]:
+    """Fit every model on one fold: ``{name: (test predictions, attention or None, seconds, tuned params)}``."""
+    if single_thread:
+        # Parallel folds share the cores; intra-op threads on top would oversubscribe them.
+        import torch
+
+        torch.set_num_threads(1)
+    out = {}
+    for name, factory in models.items():
+        t0 = time.perf_counter()
+        params = None
+        if name == "mil" and param_grid:
+            params = tune_params(bags.subset(train), y[train], factory, param_grid,
+                                 y_sd=None if sd is None else sd[train], cv=inner_cv, seed=seed)
+        est, pred = _fit_predict(factory, bags, y, sd, train, test, params)
+        att = est.attention(bags.subset(test)) if name == "mil" and hasattr(est, "attention") else None
+        out[name] = (pred, att, time.perf_counter() - t0, params)
+    return out
+
+
 @dataclass
 class CVResult:
     """Outcome of :func:`cross_validate`.
@@ -349,7 +372,8 @@ class CVResult:
     best_params : list of dict
         Tuned parameters of each outer fold (nested CV), empty without tuning.
     seconds : dict
-        Wall time of each model's CV.
+        Time spent fitting and predicting each model, summed over folds (with
+        ``n_jobs > 1`` folds overlap, so the CV's wall time is shorter).
     """
 
     predictions: pd.DataFrame
@@ -379,7 +403,7 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
                    y_sd: Sequence[float] | None = None, cv: str | int = "loo", seed: int = 0, mcs_cut: float = 8,
                    alpha: float = 0.1, n_bootstrap: int = 1000, baselines: bool = True,
                    param_grid: Mapping[str, Sequence[Any]] | None = None, inner_cv: str = "kfold:5",
-                   progress: bool = True) -> CVResult:
+                   n_jobs: int = 1, progress: bool = True) -> CVResult:
     """Out-of-fold predictions and metrics of the MIL regressor and the two baselines.
 
     Parameters
@@ -404,6 +428,9 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
         MIL hyperparameters to tune; tuned inside each outer training fold with
         ``inner_cv`` (nested CV), so the outer estimate stays unbiased.
     inner_cv : str, default="kfold:5"
+    n_jobs : int, default=1
+        Folds fitted in parallel worker processes (-1: one per core). Results do not
+        depend on it: every fold's estimator is seeded.
     progress : bool, default=True
         tqdm progress bar on stderr.
 
@@ -418,6 +445,8 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
     if y.size != len(bags):
         raise ValueError(f"y has {y.size} values but there are {len(bags)} bags")
     sd = None if y_sd is None else np.asarray(y_sd, dtype=float).reshape(-1)
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
+        raise ValueError(f"n_jobs must be a non-zero integer, got {n_jobs!r}")
     splits = make_splits(len(y), cv, seed=seed)
     models: dict[str, Callable[[], Any]] = {"mil": _make_estimator(estimator)}
     if baselines:
@@ -430,24 +459,27 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
     seconds = {k: 0.0 for k in models}
     total = sum(len(folds) for folds in splits)
     bar = tqdm(total=total, desc=f"CV ({cv})", disable=not progress, file=sys.stderr, leave=False)
-    for rep, folds in enumerate(splits):
-        for train, test in folds:
-            for name, factory in models.items():
-                t0 = time.perf_counter()
-                params = None
-                if name == "mil" and param_grid:
-                    params = tune_params(bags.subset(train), y[train], factory, param_grid,
-                                         y_sd=None if sd is None else sd[train], cv=inner_cv, seed=seed)
-                    best_params.append(params)
-                est, pred = _fit_predict(factory, bags, y, sd, train, test, params)
-                preds[name][rep, test] = pred
-                if name == "mil" and hasattr(est, "attention"):
-                    att = est.attention(bags.subset(test))
-                    if attention is None:
-                        attention = np.zeros((n_rep,) + (len(y), att.shape[1]))
-                    attention[rep, test] = att
-                seconds[name] += time.perf_counter() - t0
-            bar.update(1)
+    jobs = [(rep, train, test) for rep, folds in enumerate(splits) for train, test in folds]
+    run = partial(_run_fold, models, bags, y, sd, param_grid=param_grid, inner_cv=inner_cv, seed=seed,
+                  single_thread=n_jobs != 1)
+    if n_jobs == 1:
+        results = (run(train, test) for _, train, test in jobs)
+    else:
+        # Folds are independent: one process each (loky), results in submission order.
+        from joblib import Parallel, delayed
+
+        results = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(run)(train, test) for _, train, test in jobs)
+    for (rep, train, test), fold in zip(jobs, results):
+        for name, (pred, att, fold_seconds, params) in fold.items():
+            preds[name][rep, test] = pred
+            seconds[name] += fold_seconds
+            if params is not None:
+                best_params.append(params)
+            if att is not None:
+                if attention is None:
+                    attention = np.zeros((n_rep,) + (len(y), att.shape[1]))
+                attention[rep, test] = att
+        bar.update(1)
     bar.close()
 
     metrics = bootstrap_metrics(y, preds, n_bootstrap=n_bootstrap, seed=seed, mcs_cut=mcs_cut)
