@@ -465,7 +465,8 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
     if n_jobs == 1:
         results = (run(train, test) for _, train, test in jobs)
     else:
-        # Folds are independent: one process each (loky), results in submission order.
+        # Folds are independent: a pool of worker processes (loky) fits them; results
+        # come back in submission order.
         from joblib import Parallel, delayed
 
         results = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(run)(train, test) for _, train, test in jobs)
