@@ -114,6 +114,16 @@ def test_both_links_fit_and_stay_on_the_scale(rng, link):
     assert np.isfinite(wild).all() and (wild >= 0).all() and (wild <= 23).all()
 
 
+@pytest.mark.parametrize("loss", ["rank", "coral"])
+def test_link_only_acts_on_an_anchored_scalar_head(rng, loss):
+    # Ranking alone is calibrated after training and ordinal heads have their own
+    # outputs: the link must not change them.
+    bags, y = signal_bags(rng, n=16)
+    log = MILRegressor(loss=loss, link="log", epochs=20, n_seeds=1).fit(bags, y).predict(bags)
+    identity = MILRegressor(loss=loss, link="identity", epochs=20, n_seeds=1).fit(bags, y).predict(bags)
+    assert np.array_equal(log, identity)
+
+
 def test_log_link_trains_on_all_zero_labels(rng):
     bags, y = signal_bags(rng, n=10)
     pred = MILRegressor(link="log", epochs=30, n_seeds=1).fit(bags, np.zeros(10)).predict(bags)

@@ -226,7 +226,8 @@ class MILRegressor(BaseEstimator):
         than add, as in the arousal x awareness structure of the CRS-R (a patient
         without arousal scores low whatever the cortex); the loss stays on the label
         scale. On the simulated coma pipeline it lowered the cross-validated MAE
-        (README, "CRS-R"). Ordinal and softmax heads ignore it.
+        (README, "CRS-R"). Ordinal and softmax heads, and a ranking-only loss
+        (calibrated afterwards), ignore it.
     modality_dropout : float, default=0.0
         During training, each bag's modality groups (e.g. all ``pet_*`` columns, and
         subject-level values named after the modality) are hidden with this
@@ -468,17 +469,20 @@ class MILRegressor(BaseEstimator):
                 hist = np.bincount(np.rint(y).astype(int), minlength=N_LEVELS) + 0.5
                 net.softmax_bias.copy_(torch.as_tensor(np.log(hist / hist.sum()), dtype=torch.float32))
 
-    def _outputs(self, net: EnsembleMILNet, x: torch.Tensor, g: torch.Tensor | None, head: str) -> dict[str, torch.Tensor]:
+    def _outputs(self, net: EnsembleMILNet, x: torch.Tensor, g: torch.Tensor | None,
+                 spec: LossSpec) -> dict[str, torch.Tensor]:
         """Network outputs with the link applied and the primary prediction as ``point``."""
         out = net(x, g)
-        if "scalar" in out and self.link == "log":
+        # A ranking-only loss pins no scale (a least-squares map calibrates it after
+        # training); exp() of an unanchored score would only distort that map.
+        if "scalar" in out and self.link == "log" and not spec.scale_free:
             # Re-express the log-link prediction as a standardised score, so that the
             # losses and _points treat both links alike.
             # The base is kept off 0 so that a training set of zeros can still move.
             base = max(self.y_mean_, 0.5)
             score = out["scalar"].clamp(-_LOG_SCORE_MAX, _LOG_SCORE_MAX)
             out["scalar"] = (base * torch.exp(score) - self.y_mean_) / self.y_scale_
-        out["point"] = self._points(out, head)
+        out["point"] = self._points(out, spec.primary)
         return out
 
     def _points(self, out: Mapping[str, torch.Tensor], head: str) -> torch.Tensor:
@@ -505,7 +509,6 @@ class MILRegressor(BaseEstimator):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=0.05 * float(self.lr))
         n = len(y)
         bs = n if self.batch_size is None else min(int(self.batch_size), n)
-        head = spec.primary
         history = np.zeros(epochs)
         # Own RNG stream for dropout and batch order: reproducible, no global side effects.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -522,7 +525,7 @@ class MILRegressor(BaseEstimator):
                         continue  # a lone bag has no pairs and no batch statistics
                     if float(w_epoch[idx].sum()) <= 0:
                         continue
-                    out = self._outputs(net, x_epoch[idx], None if g_epoch is None else g_epoch[idx], head)
+                    out = self._outputs(net, x_epoch[idx], None if g_epoch is None else g_epoch[idx], spec)
                     loss = spec(out, yt[idx], w_epoch[idx], y_mean=self.y_mean_, y_scale=self.y_scale_, sd=sdt[idx])
                     opt.zero_grad(set_to_none=True)
                     # Members are independent: summing their losses keeps their gradients apart.
@@ -578,14 +581,15 @@ class MILRegressor(BaseEstimator):
     def _forward_eval(self, x: np.ndarray, g: np.ndarray | None, chunk: int = 256) -> dict[str, np.ndarray]:
         net = self.net_
         device = next(net.parameters()).device
-        head = LossSpec.parse(self.loss, self.loss_weights).primary
+        spec = LossSpec.parse(self.loss, self.loss_weights)
+        head = spec.primary
         parts: dict[str, list[np.ndarray]] = {}
         net.eval()
         with torch.no_grad():
             for start in range(0, x.shape[0], chunk):
                 xt = torch.as_tensor(x[start:start + chunk], device=device)
                 gt = None if g is None else torch.as_tensor(g[start:start + chunk], device=device)
-                out = self._outputs(net, xt, gt, head)
+                out = self._outputs(net, xt, gt, spec)
                 if head != "scalar":
                     out["probs"] = head_probabilities(head, out[head])
                 for k in ("point", "attention", "probs"):
