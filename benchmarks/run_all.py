@@ -140,8 +140,9 @@ def commands(quick: bool, out: Path, work: Path) -> dict[str, list[str]]:
         "scoring": py + [str(HERE / "scoring.py"), *q],
         "training": py + [str(HERE / "training.py"), "--out-dir", str(work / "training"),
                           *(["--sizes", "10", "20", "--resolution", "4", "--epochs", "1"] if quick else [])],
-        "crs": py + [str(HERE / "crs.py"), *q, "--json", str(out / "crs.json"),
-                     "--figure", str(out / "crs_scatter.png")],
+        # The synthetic tables' CRS-R is set by PET z: all columns, as in the README table.
+        "crs": py + [str(HERE / "crs.py"), *q, "--features", "all", "--global-features", "all", "--jobs", "2",
+                     "--json", str(out / "crs.json"), "--figure", str(out / "crs_scatter.png")],
     }
 
 
