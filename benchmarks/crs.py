@@ -21,14 +21,17 @@ Inputs
 ``--synthetic`` (default): region tables simulated by
 :func:`anomaly.crs.synthetic.simulate_region_bags` (50 patients, the 136
 Neuromorphometrics regions, 18 features shaped like `anomaly score`'s tables; the
-generating model is documented there). Every model sees the columns ``--features`` and
-``--global-features`` choose, as in ``anomaly fit-crs`` (default: its defaults,
-``anomaly_mean`` + ``global_cortical_pet_percent``; ``--features all`` gives all). Otherwise a scored cohort: ``--scores-dir``
+generating model is documented there). Otherwise a scored cohort: ``--scores-dir``
 (output of `anomaly score`), ``--participants`` (its participants.tsv, with ``crs``) and
 ``--truth``: the simulator's ``derivatives/simulation`` folder, or its ``truth.tsv``
 (``participant_id``, ``crs_true``, ``crs``) with ``causal_regions.json`` next to it (a
 dict with ``atlas`` and ``regions``: the causal region names, matched exactly,
 case-insensitively, to the region tables; its atlas is used unless ``--atlas``).
+
+Every model sees the columns ``--features`` and ``--global-features`` choose, as in
+``anomaly fit-crs`` (default: its defaults, ``anomaly_mean`` +
+``global_cortical_pet_percent``; ``--features all --global-features all`` gives all,
+which suits the synthetic tables, whose CRS-R is set by PET z).
 
 Targets (issue #5): MIL MAE <= 1.3 x noise floor and below ridge; Spearman >= 0.8;
 localisation AUROC >= 0.9; LOO on 50 patients < 2 min. :func:`check_targets` evaluates
@@ -37,6 +40,7 @@ them for the default configuration (``mse``, as ``anomaly fit-crs``), or the fir
 Usage::
 
     python benchmarks/crs.py                    # full LOO table, synthetic cohort
+    python benchmarks/crs.py --features all --global-features all --jobs 2   # README table
     python benchmarks/crs.py --quick            # 5-fold CV, fewer configurations
     python benchmarks/crs.py --configs mse,coral --cv kfold:5x2
     python benchmarks/crs.py --scores-dir scores --participants bids/participants.tsv \\
@@ -440,10 +444,15 @@ def main(argv: list[str] | None = None) -> dict:
         except FileNotFoundError as exc:
             ap.error(str(exc))
 
-    result = run(configs=names, cv=args.cv, quick=args.quick, scores_dir=args.scores_dir,
-                 participants=args.participants, truth=args.truth, atlas=args.atlas, n_patients=args.n_patients,
-                 seed=args.seed, n_bootstrap=args.n_bootstrap, params=json.loads(args.params), threads=args.threads,
-                 features=args.features, global_features=args.global_features, jobs=args.jobs)
+    from anomaly.io import AnomalyInputError
+
+    try:
+        result = run(configs=names, cv=args.cv, quick=args.quick, scores_dir=args.scores_dir,
+                     participants=args.participants, truth=args.truth, atlas=args.atlas, n_patients=args.n_patients,
+                     seed=args.seed, n_bootstrap=args.n_bootstrap, params=json.loads(args.params),
+                     threads=args.threads, features=args.features, global_features=args.global_features, jobs=args.jobs)
+    except AnomalyInputError as exc:  # e.g. a --features name the tables lack
+        ap.error(str(exc))
     print(f"\nCRS-R benchmark: n={result['n']}, {result['n_regions']} regions, cv={result['cv']}, "
           f"estimate [95% bootstrap CI]; loc_auroc = causal regions by cohort mean out-of-fold attention; "
           f"seconds = CV wall time incl. bootstrap, cpu_s = CPU time of this process ({args.threads} thread(s), "

@@ -20,7 +20,8 @@ fit_crs, predict_crs, predict_from_tables, group_analysis
 
 from .commands import fit_crs, group_analysis, predict_crs, predict_from_tables, select_features
 from .curriculum import curriculum_masks, curriculum_order, pacing_sizes
-from .features import DEFAULT_FEATURES, DEFAULT_GLOBAL_FEATURES, RegionBags, bags_from_tables, find_region_tables, load_region_bags
+from .features import (DEFAULT_FEATURES, DEFAULT_GLOBAL_FEATURES, RegionBags, bags_from_tables, find_region_tables,
+                       load_region_bags)
 from .group import benjamini_hochberg, region_correlations
 from .losses import LOSSES, lds_weights, parse_loss
 from .model import MILRegressor

@@ -24,9 +24,9 @@ __all__ = ["RegionBags", "load_region_bags", "bags_from_tables", "find_region_ta
            "DEFAULT_FEATURES", "DEFAULT_GLOBAL_FEATURES"]
 
 #: Region-table columns the CRS-R regressor uses by default: the normative model's
-#: combined anomaly of each region. On the simulated coma pipeline, adding the
-#: per-modality statistics (19 columns, x 135 regions, for ~50 patients) made both the
-#: MIL regressor and ridge worse (README, "CRS-R"); ``features="all"`` restores them.
+#: combined anomaly of each region. On three simulated coma cohorts (~50 patients,
+#: 135 regions), adding the per-modality statistics (19 columns in all) made the MIL
+#: regressor worse every time (README, "CRS-R"); ``features="all"`` restores them.
 DEFAULT_FEATURES = ("anomaly_mean",)
 #: Subject-level values used by default: the global cortical metabolism level (% of
 #: normal), the best-established PET marker of consciousness recovery.
