@@ -40,3 +40,17 @@ def to_json(result: dict) -> str:
         return v
 
     return json.dumps(clean(result), indent=1)
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure (tight layout, parent folders created) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path

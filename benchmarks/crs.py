@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anomaly.crs import cross_validate, load_region_bags, region_correlations, select_features  # noqa: E402
 from anomaly.crs.synthetic import simulate_region_bags  # noqa: E402
-from _common import to_json  # noqa: E402
+from _common import save_figure, to_json  # noqa: E402
 
 CONFIGS: dict[str, dict] = {
     "mse": {"loss": "mse"},
@@ -394,13 +394,10 @@ def plot_scatter(result: dict, path: str | Path, config: str | None = None) -> P
         mil = t.loc[f"MIL {name}"]
         fig.suptitle(f"CRS-R, {result['n']} patients, cv={result['cv']}: MIL {name} MAE {mil['mae']}, "
                      f"ridge {t.loc['ridge', 'mae']}; noise floor {result['noise_floor']:.2f}", fontsize=9)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    finally:
+    except BaseException:
         plt.close(fig)
-    return path
+        raise
+    return save_figure(fig, path)
 
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, to_json  # noqa: E402,F401 - re-exported for training.py and run_all
+from _common import machine, save_figure, to_json  # noqa: E402,F401 - re-exported for training.py and run_all
 
 
 def best_dice(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -243,13 +243,10 @@ def plot_pr_curves(result: dict, path: Path) -> Path:
                      fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    finally:
+    except BaseException:
         plt.close(fig)
-    return path
+        raise
+    return save_figure(fig, path)
 
 
 
