@@ -1,5 +1,5 @@
 """Allow ``python -m anomaly``."""
 
-from anomaly.cli import main
+from anomaly.cli.main import main
 
 raise SystemExit(main())

@@ -166,7 +166,7 @@ def run(*, healthy: int = 100, patients: int = 50, test_controls: int = 20, reso
 def _run(work: Path, settings: dict, curve_points: int) -> dict:
     from anomaly.io import find_subjects
     from anomaly.normative import NormativeModel
-    from anomaly.simulate import simulate_cohort
+    from anomaly.simulate.cohort import simulate_cohort
 
     healthy, patients, test_controls = settings["healthy"], settings["patients"], settings["test_controls"]
     resolution, epochs, seed = settings["resolution"], settings["epochs"], settings["seed"]

@@ -50,7 +50,7 @@ def prepare(root: Path, n_patients: int, n_controls: int, epochs: int) -> dict[s
     """Simulate the cohort and fit both models (reused if ``root`` already has them)."""
     from anomaly.io import find_subjects
     from anomaly.normative import NormativeModel
-    from anomaly.simulate import simulate_cohort
+    from anomaly.simulate.cohort import simulate_cohort
 
     bids = root / "bids"
     if not (bids / "participants.tsv").exists():
@@ -113,7 +113,7 @@ def run(model_dir: Path, bids: Path, out_root: Path, figures: bool) -> dict:
     """Score the patients as `anomaly score` does; steady-state seconds per subject."""
     from anomaly.io import find_subjects
     from anomaly.normative import NormativeModel
-    from anomaly.scoring import Scorer, ScoreJob, _score_jobs
+    from anomaly.cli.scoring import Scorer, ScoreJob, _score_jobs
 
     patients = find_subjects(bids, group="patient")
     warmup, timed = patients[0], patients[1:]

@@ -27,7 +27,7 @@ from detection import fit_in_child  # noqa: E402
 
 def measure(args, work: Path) -> list[tuple]:
     """Simulate and fit each cohort size; returns one row per size."""
-    from anomaly.simulate import simulate_cohort
+    from anomaly.simulate.cohort import simulate_cohort
 
     rows = []
     for n in args.sizes:

@@ -35,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 from anomaly.io import find_subjects
 from anomaly.normative import NormativeModel
 from anomaly.preprocess import resample_to_grid
-from anomaly.simulate import simulate_cohort
+from anomaly.simulate.cohort import simulate_cohort
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

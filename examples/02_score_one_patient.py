@@ -11,7 +11,7 @@ What a clinician-scientist does in a notebook with one new patient:
    combined anomaly map (>= 0, z units);
 4. print the global cortical PET level (% of the normative mean: awareness needs
    roughly > 42%) and the 10 most abnormal atlas regions;
-5. save a glass brain and orthogonal slices through the peak (anomaly.plotting).
+5. save a glass brain and orthogonal slices through the peak (anomaly.report.figures).
 
 Run from the repository root::
 
@@ -31,9 +31,9 @@ from _common import fit_zscore, output_dir, parser, quiet_atlas_warnings
 
 from anomaly.io import modality_from_path, write_tsv
 from anomaly.normative import NormativeModel
-from anomaly.plotting import plot_anomaly_glass_brain, plot_peak_slices
-from anomaly.scoring import ANOMALY_FIGURE_THRESHOLD, Scorer, region_table
-from anomaly.simulate import simulate_cohort, simulate_subject
+from anomaly.report.figures import plot_anomaly_glass_brain, plot_peak_slices
+from anomaly.cli.scoring import ANOMALY_FIGURE_THRESHOLD, Scorer, region_table
+from anomaly.simulate.cohort import simulate_cohort, simulate_subject
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:

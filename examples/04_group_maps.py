@@ -10,7 +10,7 @@ brain. With a CRS model (``--crs-model``, e.g. ``crs_model`` from
 
 This script:
 
-1. scores a simulated cohort (quick z-score model + :class:`anomaly.scoring.Scorer`), or
+1. scores a simulated cohort (quick z-score model + :class:`anomaly.cli.scoring.Scorer`), or
    reads an existing scores folder (``--scores DIR --participants participants.tsv``);
 2. runs the group analysis into ``OUT/group``;
 3. prints the regions most correlated with the CRS-R with their q-values (negative rho:

@@ -38,7 +38,7 @@ AE_TEST_SETTINGS = dict(resolution=4.0, epochs=12, batch_size=1, channels=(8, 16
 @pytest.fixture(scope="session")
 def sim_cohort(tmp_path_factory):
     """A simulated BIDS cohort at 4 mm (10 controls, 6 patients) with ground truth."""
-    from anomaly.simulate import simulate_cohort
+    from anomaly.simulate.cohort import simulate_cohort
 
     out = tmp_path_factory.mktemp("sim") / "bids"
     simulate_cohort(out, n_healthy=SIM_HEALTHY, n_patients=SIM_PATIENTS, seed=7, resolution=4.0,

@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from anomaly.cli import main
+from anomaly.cli.main import main
 
 SUBJECT = "pt001"
 T1W = f"sub-{SUBJECT}_T1w.nii.gz"

@@ -157,7 +157,7 @@ def test_group_analysis(dataset, tmp_path):
 
 
 def test_signed_glass_brain(tmp_path):
-    from anomaly.crs._maps import plot_glass_brain
+    from anomaly.crs.maps import plot_glass_brain
 
     affine = np.diag([8.0, 8.0, 8.0, 1.0])
     affine[:3, 3] = [-80, -116, -72]
@@ -194,7 +194,7 @@ def test_predict_from_tables_matches_predict_crs(dataset, tmp_path):
 
 
 def test_fit_crs_feature_choice_reaches_model_and_cli_errors(dataset, tmp_path, capsys):
-    from anomaly.cli import main
+    from anomaly.cli.main import main
 
     meta = json.loads((dataset["model"] / "metadata.json").read_text())
     assert meta["feature_names"] == ["anomaly_mean"]  # the default

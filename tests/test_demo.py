@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from anomaly.cli import main
+from anomaly.cli.main import main
 
 
 def test_quick_demo_runs_end_to_end(tmp_path, capsys):

@@ -49,7 +49,7 @@ LONG = settings(max_examples=LONG_EXAMPLES, deadline=None,
 
 @pytest.fixture(scope="module")
 def fuzz_dir(tmp_path_factory) -> Path:
-    from anomaly.io import _mni_core_mask
+    from anomaly.io.images import _mni_core_mask
 
     # Load (import nilearn, erode) the MNI mask for NaN placement once, before timing.
     _mni_core_mask()

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 
 from anomaly import io
+import anomaly.io.images  # noqa: F401 - monkeypatched below
+import anomaly.io.writing  # noqa: F401
 from anomaly.io import (
     AnomalyInputError,
     AnomalyModelError,
@@ -200,7 +202,7 @@ def test_load_image_refuses_other_objects():
 
 def test_absurd_header_is_refused_before_reading(tmp_path, monkeypatch):
     path = _header_only(tmp_path / "huge.nii", (2000, 2000, 2000))
-    monkeypatch.setattr(io, "_read_data", lambda *a: pytest.fail("data were read"))
+    monkeypatch.setattr(io.images, "_read_data", lambda *a: pytest.fail("data were read"))
     with pytest.raises(AnomalyInputError, match="implausible size"):
         load_image(path)
 
@@ -654,7 +656,7 @@ def test_check_output_dir_file_input_in_dataset(tmp_path):
 
 
 def test_check_output_dir_not_writable(tmp_path, monkeypatch):
-    monkeypatch.setattr(io.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(io.writing.os, "access", lambda *a, **k: False)
     with pytest.raises(AnomalyInputError) as excinfo:
         check_output_dir(tmp_path / "out")
     check_error(excinfo, "out", "not writable")

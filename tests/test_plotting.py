@@ -1,4 +1,4 @@
-"""Tests for anomaly.plotting: valid PNGs, symmetric signed maps, no figure leaks."""
+"""Tests for anomaly.report.figures: valid PNGs, symmetric signed maps, no figure leaks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from matplotlib.text import Text
 from PIL import Image
 
-import anomaly.plotting as plotting
+import anomaly.report.figures as plotting
 from anomaly.io import AnomalyInputError
 
 SHAPE = (20, 24, 19)  # coarse, non-cubic grid covering the MNI152 box: fast to draw

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from anomaly.io import AnomalyInputError
-from anomaly.report import render_index, render_subject_report
+from anomaly.report.html import render_index, render_subject_report
 
 MAGENTA = (255, 0, 255)
 EVIL = "sub-01<script>alert('x')</script>"

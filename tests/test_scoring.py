@@ -1,4 +1,4 @@
-"""Tests for `anomaly score` (anomaly.scoring): region tables, outputs, shards, BIDS-App form.
+"""Tests for `anomaly score` (anomaly.cli.scoring): region tables, outputs, shards, BIDS-App form.
 
 The scoring runs reuse the session fixtures of conftest.py (simulated 4 mm cohort and
 its fitted z-score model): one sharded run of the whole cohort with figures, shared by
@@ -22,11 +22,11 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from anomaly.atlas import Atlas
-from anomaly.cli import main
+from anomaly.cli.main import main
 from anomaly.io import AnomalyInputError, find_subjects
 from anomaly.normative import SubjectScore
 from anomaly.preprocess import Grid
-from anomaly.scoring import (RegionStats, ScoreJob, jobs_from_inputs, region_table, round_table, shard_jobs,
+from anomaly.cli.scoring import (RegionStats, ScoreJob, jobs_from_inputs, region_table, round_table, shard_jobs,
                              write_index)
 
 SPACE = "space-MNI152NLin2009cAsym"
@@ -381,7 +381,7 @@ def test_index_lists_subjects_written_by_others(tmp_path):
 
 # ---------------------------------------------------------------------- figures
 def test_glass_brain_renderer_draws_the_same_png(scored_cohort, tmp_path):
-    from anomaly.plotting import GlassBrainRenderer, plot_anomaly_glass_brain, plot_signed_glass_brain
+    from anomaly.report.figures import GlassBrainRenderer, plot_anomaly_glass_brain, plot_signed_glass_brain
 
     out, _ = scored_cohort
     anomaly = sorted(out.glob("sub-*/*_stat-anomaly_statmap.nii.gz"))[:2]
@@ -401,7 +401,7 @@ def test_glass_brain_renderer_draws_the_same_png(scored_cohort, tmp_path):
 def test_voxels_outside_the_pet_field_of_view_are_not_scored(sim_cohort, zscore_model_dir, tmp_path):
     """A PET cut above z = 20 mm: no PET z there, the regions up there are n/a for PET only."""
     from anomaly.normative import NormativeModel
-    from anomaly.scoring import Scorer
+    from anomaly.cli.scoring import Scorer
 
     patient = find_subjects(sim_cohort, group="patient")[3]
     img = nib.load(patient.images["pet"])
@@ -438,7 +438,7 @@ def test_crs_model_prediction_goes_into_scores_and_report(sim_cohort, zscore_mod
     """--crs-model: the CRS package gets the written tables and subject values; the report shows it."""
     import anomaly.crs
     from anomaly.normative import NormativeModel
-    from anomaly.scoring import Scorer
+    from anomaly.cli.scoring import Scorer
 
     seen = {}
 
@@ -468,7 +468,7 @@ def test_resampling_onto_an_aligned_grid_is_an_exact_crop(order, rng):
     """Images already on the model's voxel lattice skip interpolation (speed), same values."""
     from scipy import ndimage
 
-    from anomaly.preprocess import _resample
+    from anomaly.preprocess.grid import _resample
 
     data = rng.normal(size=(23, 19, 17)).astype(np.float32)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])

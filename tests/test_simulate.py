@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from anomaly.atlas import Atlas
 from anomaly.io import AnomalyInputError
-from anomaly.simulate import (
+from anomaly.simulate.cohort import (
     CAUSAL_FAMILIES,
     DISTRACTOR_REGIONS,
     CRSModel,
@@ -150,7 +150,7 @@ def test_refuses_a_non_empty_folder(tmp_path):
 
 
 def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
-    import anomaly.simulate as simulate
+    import anomaly.simulate.cohort as simulate
 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from anomaly.io import AnomalyInputError, check_output_dir, read_participants, save_image, write_tsv
 
-from ._maps import load_atlas_on, paint_regions, plot_glass_brain
+from .maps import load_atlas_on, paint_regions, plot_glass_brain
 from .features import (DEFAULT_FEATURES, DEFAULT_GLOBAL_FEATURES, RegionBags, bags_from_tables, find_region_tables,
                        load_region_bags)
 from .group import crs_bands, region_correlations

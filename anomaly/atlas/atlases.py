@@ -1,4 +1,4 @@
-"""Brain atlases: shipped and user label images, label tables and region summaries.
+"""Brain atlases: shipped and user label images and their label tables.
 
 An :class:`Atlas` is an integer label image in MNI space (0 = background) plus a
 BIDS ``dseg.tsv``-style table (columns ``index`` and ``name``). The toolkit ships two
@@ -17,7 +17,6 @@ labels present in the image, sorted by index.
 
 from __future__ import annotations
 
-import inspect
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -28,8 +27,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from anomaly.io import AnomalyInputError, load_image
-from anomaly.preprocess import Grid
+from anomaly.atlas.regions import RegionStats, paint_regions, percentile_name
+from anomaly.io import AnomalyInputError, load_image, read_map
+from anomaly.preprocess import Grid, resample_image
 
 __all__ = ["DEFAULT_ATLAS", "Atlas", "atlas_dir", "list_atlases"]
 
@@ -54,7 +54,7 @@ def atlas_dir() -> Path | None:
         repository's ``atlases/`` there), else ``atlases/`` at the repository root of
         an editable install.
     """
-    package_dir = Path(__file__).resolve().parent
+    package_dir = Path(__file__).resolve().parents[1]  # anomaly/, next to atlases/ when installed
     for candidate in (package_dir / "atlases", package_dir.parent / "atlases"):
         if candidate.is_dir() and any(candidate.glob(_SHIPPED_PATTERN)):
             return candidate
@@ -199,13 +199,6 @@ def _same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
     return tuple(shape_a[:3]) == tuple(shape_b[:3]) and np.allclose(
         affine_a, affine_b, atol=1e-4
     )
-
-
-def _percentile_label(q: float) -> str:
-    """Column name for a percentile: 5 -> "p05", 95 -> "p95", 2.5 -> "p2.5"."""
-    if float(q).is_integer():
-        return f"p{int(q):02d}"
-    return f"p{q:g}"
 
 
 class Atlas:
@@ -476,14 +469,7 @@ class Atlas:
         shape, affine = _target_geometry(target)
         if _same_grid(self.shape, self.image.affine, shape, affine):
             return self._with_data(self._data.copy(), self.image.affine)
-        resampled = _resample_img(
-            self.image,
-            target_affine=affine,
-            target_shape=shape,
-            interpolation="nearest",
-            force_resample=True,
-            copy_header=True,
-        )
+        resampled = resample_image(self.image, target_affine=affine, target_shape=shape, interpolation="nearest")
         data = np.asarray(resampled.dataobj).astype(np.int32, copy=False)
         new = self._with_data(data, affine)
         lost = self.labels[~self.labels["index"].isin(new.labels["index"])]
@@ -548,79 +534,22 @@ class Atlas:
         AnomalyInputError
             Array of the wrong shape, or percentiles outside [0, 100].
         """
-        qs = np.asarray(list(percentiles), dtype=np.float64)
-        if qs.ndim != 1 or np.any((qs < 0) | (qs > 100)) or not np.all(np.isfinite(qs)):
-            raise AnomalyInputError(
-                f"percentiles: expected values in [0, 100], got {list(percentiles)}"
-            )
+        qs = [float(q) for q in percentiles]
         values = self._on_grid(stat_map, "stat_map", interpolation="continuous")
-        values = np.asarray(values, dtype=np.float64)
-
-        labels = self._data
-        keep = labels > 0
+        keep = None
         if mask is not None:
-            keep &= self._on_grid(mask, "mask", interpolation="nearest").astype(bool)
-        region_index = self.labels["index"].to_numpy()
-        n_regions = len(region_index)
-        # Row position of each labelled voxel: a lookup table when label values are
-        # moderate (AAL goes up to 9170), a binary search for exotic huge values.
-        lab = labels[keep]
-        if n_regions and region_index[-1] <= 1_000_000:
-            lut = np.zeros(int(region_index[-1]) + 1, dtype=np.int64)
-            lut[region_index] = np.arange(n_regions)
-            pos = lut[lab]
-        else:
-            pos = np.searchsorted(region_index, lab)
-        # 16-bit positions let numpy's stable sort below use radix sort (~5x faster).
-        if n_regions < np.iinfo(np.uint16).max:
-            pos = pos.astype(np.uint16)
-        vals = values[keep]
-
-        n_voxels = np.bincount(pos, minlength=n_regions)
-        finite = np.isfinite(vals)
-        pos_f, vals_f = pos[finite], vals[finite]
-        n_finite = np.bincount(pos_f, minlength=n_regions)
-        has = n_finite > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.bincount(pos_f, weights=vals_f, minlength=n_regions) / n_finite
-            frac_above = np.bincount(pos_f[vals_f > threshold], minlength=n_regions) / n_finite
-            frac_below = np.bincount(pos_f[vals_f < -threshold], minlength=n_regions) / n_finite
-
-        # Sort by value, then stably by region: each region becomes a contiguous,
-        # sorted segment, so min, max and any percentile are O(1) look-ups.
-        by_value = np.argsort(vals_f, kind="quicksort")
-        by_region = np.argsort(pos_f[by_value], kind="stable")
-        sorted_vals = vals_f[by_value][by_region]
-        starts = np.concatenate(([0], np.cumsum(n_finite)[:-1]))
-        last = starts + np.maximum(n_finite - 1, 0)
-
-        def pick(idx: np.ndarray) -> np.ndarray:
-            out = np.full(n_regions, np.nan)
-            if sorted_vals.size:
-                out[has] = sorted_vals[np.minimum(idx[has], sorted_vals.size - 1)]
-            return out
-
-        table = pd.DataFrame(
-            {
-                "index": region_index.astype(np.int64),
-                "name": self.labels["name"].to_numpy(),
-                "n_voxels": n_voxels.astype(np.int64),
-                "mean": np.where(has, mean, np.nan),
-                "min": pick(starts),
-                "max": pick(last),
-            }
-        )
+            keep = self._on_grid(mask, "mask", interpolation="nearest").astype(bool)
+        # Minimum and maximum are the 0th and 100th percentiles.
+        regions = RegionStats(self, keep)
+        stats = regions.summarise(np.asarray(values, dtype=np.float64), percentiles=(0, 100, *qs),
+                                  threshold=threshold)
+        table = pd.DataFrame({"index": regions.index, "name": regions.names,
+                              "n_voxels": regions.n_voxels, "mean": stats["mean"],
+                              "min": stats["p00"], "max": stats["p100"]})
         for q in qs:
-            # numpy's default "linear" method: position q/100 * (n - 1) in the sorted
-            # segment, interpolated between its two neighbours.
-            rank = q / 100.0 * np.maximum(n_finite - 1, 0)
-            lower = np.floor(rank).astype(np.int64)
-            frac = rank - lower
-            lo = pick(starts + lower)
-            hi = pick(starts + np.minimum(lower + 1, np.maximum(n_finite - 1, 0)))
-            table[_percentile_label(q)] = lo + frac * (hi - lo)
-        table["frac_above"] = np.where(has, frac_above, np.nan)
-        table["frac_below"] = np.where(has, frac_below, np.nan)
+            table[percentile_name(q)] = stats[percentile_name(q)]
+        table["frac_above"] = stats["frac_above"]
+        table["frac_below"] = stats["frac_below"]
         return table
 
     def _on_grid(
@@ -634,7 +563,7 @@ class Atlas:
                     f"{self.shape}; pass an image to resample it"
                 )
             return data
-        img = _read_map(data, what)
+        img = read_map(data, what)
         if _same_grid(img.shape, img.affine, self.shape, self.image.affine):
             return np.asanyarray(img.dataobj)
         if interpolation == "nearest":
@@ -653,15 +582,8 @@ class Atlas:
         return np.where(keep, out, np.nan)
 
     def _resample(self, img: nib.spatialimages.SpatialImage, interpolation: str, fill_value: float):
-        return _resample_img(
-            img,
-            target_affine=self.image.affine,
-            target_shape=self.shape,
-            interpolation=interpolation,
-            force_resample=True,
-            copy_header=True,
-            fill_value=fill_value,
-        )
+        return resample_image(img, target_affine=self.image.affine, target_shape=self.shape,
+                              interpolation=interpolation, fill_value=fill_value)
 
     # ------------------------------------------------------------------ painting
     def paint(self, values: Mapping[int, float] | pd.Series) -> nib.Nifti1Image:
@@ -693,46 +615,7 @@ class Atlas:
                 f"values: index(es) not in atlas '{self.name}': "
                 f"{', '.join(map(str, unknown[:10]))}"
             )
-        lut = np.zeros(int(self._data.max()) + 1, dtype=np.float32)
-        for key, value in items:
-            value = float(value)
-            lut[int(key)] = value if np.isfinite(value) else 0.0
-        img = nib.Nifti1Image(lut[self._data], self.image.affine)
-        img.header.set_data_dtype(np.float32)
-        img.header.set_xyzt_units("mm")
-        return img
-
-
-def _resample_img(img: nib.spatialimages.SpatialImage, **kwargs) -> nib.Nifti1Image:
-    """nilearn's resample_img, dropping keywords that older nilearn versions lack.
-
-    ``force_resample`` and ``copy_header`` appeared in nilearn 0.11 (with a
-    FutureWarning when omitted until 0.13); nilearn 0.10 does not accept them.
-    """
-    from nilearn.image import resample_img  # heavy import, only when needed
-
-    accepted = inspect.signature(resample_img).parameters
-    for key in ("force_resample", "copy_header"):
-        if key not in accepted:
-            kwargs.pop(key, None)
-    return resample_img(img, **kwargs)
-
-
-def _read_map(img: ImageLike, what: str) -> nib.Nifti1Image:
-    """Read a 3D statistical map or mask, keeping NaN voxels.
-
-    The toolkit's input gate (:func:`anomaly.io.load_image`) zero-fills or refuses NaN
-    voxels, which is right for raw scans but wrong here: in a derived map NaN means
-    "not measured" and must be left out of the region statistics, not counted as 0.
-    """
-    from nilearn.image import check_niimg_3d
-
-    try:
-        return check_niimg_3d(img, dtype=None)
-    except (TypeError, ValueError, OSError, nib.filebasedimages.ImageFileError) as exc:
-        message = " ".join(str(exc).split())[:300]
-        given = str(img) if isinstance(img, (str, Path)) else type(img).__name__
-        raise AnomalyInputError(f"{what}: cannot use {given} as a 3D image ({message})") from None
+        return paint_regions(self._data, self.image.affine, dict(items))
 
 
 def _target_geometry(

@@ -22,7 +22,7 @@ Speed. Batch scoring loads the model and atlases once, precomputes the voxel gro
 of every atlas, preprocesses the next subject in a background thread while the current
 one is scored (reading and resampling NIfTI files is mostly zlib and numpy, which
 release the GIL), writes NIfTI files from a second background thread, and reuses the
-glass-brain outlines between subjects (:class:`anomaly.plotting.GlassBrainRenderer`).
+glass-brain outlines between subjects (:class:`anomaly.report.figures.GlassBrainRenderer`).
 """
 
 from __future__ import annotations
@@ -42,21 +42,14 @@ import numpy as np
 import pandas as pd
 
 from anomaly import __version__
-from anomaly.atlas import DEFAULT_ATLAS, Atlas
-from anomaly.io import (AnomalyInputError, check_output_dir, find_subjects, modality_from_path, save_image,
+from anomaly.atlas import (DEFAULT_ATLAS, Atlas, RegionStats, cortex_mask, global_cortical_pet, region_table,
+                           round_table)
+from anomaly.constants import PET, Z_THRESHOLD, derivative_name
+from anomaly.io import (AnomalyInputError, check_output_dir, find_subjects, jsonable, modality_from_path, save_image,
                         subject_from_path, write_json, write_tsv)
 from anomaly.normative import NormativeModel, SubjectScore
 from anomaly.preprocess import Preprocessed, template_images
 
-SPACE = "space-MNI152NLin2009cAsym"
-#: Regions that are not cortex (Neuromorphometrics names), excluded from the global level.
-NON_CORTICAL = ("Ventricle|Cerebell|Brain_Stem|Thalamus|Caudate|Putamen|Pallidum|Accumbens|Amygdala|"
-                "Hippocampus|Ventral_DC|White_Matter|CSF|vessel|Optic_Chiasm|Basal_Forebrain|Lat_Vent|"
-                "Inf_Lat_Vent|Cerebral_White|non-brain")
-#: Significant digits kept in the written region tables (enough for z in 0.001 steps).
-TABLE_DIGITS = 5
-#: |z| beyond which a voxel counts as abnormal in the region tables.
-Z_THRESHOLD = 2.0
 #: Threshold of the combined-anomaly glass brain and slices (z units): the map is a
 #: mean over modalities, so a voxel with z = 4.5 in one modality of three reaches 1.5.
 ANOMALY_FIGURE_THRESHOLD = 1.5
@@ -72,161 +65,6 @@ class ScoredSubject:
     label: str
     files: dict[str, Path] = field(default_factory=dict)
     values: dict = field(default_factory=dict)
-
-
-def derivative_name(label: str, *parts: str) -> str:
-    """``sub-<label>_space-MNI152NLin2009cAsym_<parts...>`` (parts joined by ``_``)."""
-    return "_".join([f"sub-{label}", SPACE, *parts])
-
-
-# --------------------------------------------------------------------------- regions
-class RegionStats:
-    """Per-region summaries of maps on one grid, with the voxel grouping precomputed.
-
-    :meth:`anomaly.atlas.Atlas.summarise` finds the voxels of every region anew for
-    each map; scoring summarises four maps per subject and atlas on the same grid, so
-    the grouping (and the brain mask) is computed once here. Values are summarised in
-    float32, as the maps are stored.
-
-    Parameters
-    ----------
-    atlas : Atlas
-        On the grid of the maps.
-    mask : ndarray of bool, optional
-        Only these voxels count (e.g. the model's brain mask).
-    """
-
-    def __init__(self, atlas: Atlas, mask: np.ndarray | None = None) -> None:
-        labels = atlas.label_array()
-        keep = labels > 0
-        if mask is not None:
-            keep &= np.asarray(mask, bool)
-        self.index = atlas.labels["index"].to_numpy(np.int64)
-        self.names = atlas.labels["name"].to_numpy()
-        lut = np.zeros(int(self.index.max(initial=0)) + 1, dtype=np.int64)
-        lut[self.index] = np.arange(len(self.index))
-        flat = np.flatnonzero(keep)
-        pos = lut[labels.ravel()[flat]]
-        order = np.argsort(pos, kind="stable")
-        self._flat = flat[order]
-        self._pos = pos[order]
-        self.n_voxels = np.bincount(self._pos, minlength=len(self.index)).astype(np.int64)
-        self.shape = labels.shape
-
-    def summarise(self, values: np.ndarray, *, percentiles: Sequence[float] = (5, 95),
-                  threshold: float = Z_THRESHOLD) -> dict[str, np.ndarray]:
-        """Mean, percentiles and fractions beyond +-threshold of the finite voxels per region.
-
-        Returns
-        -------
-        dict
-            ``n_finite``, ``mean``, ``p05``/``p95``... (numpy's linear interpolation),
-            ``frac_above`` (> threshold) and ``frac_below`` (< -threshold); NaN for a
-            region without a finite voxel.
-        """
-        if values.shape != self.shape:
-            raise AnomalyInputError(f"values: shape {values.shape} does not match the atlas grid {self.shape}")
-        if any(not 0 <= q <= 100 for q in percentiles):
-            raise AnomalyInputError(f"percentiles: expected values in [0, 100], got {list(percentiles)}")
-        v = np.ascontiguousarray(values, dtype=np.float32).ravel()[self._flat]
-        pos = self._pos
-        finite = np.isfinite(v)
-        if not finite.all():
-            v, pos = v[finite], pos[finite]
-        n_regions = len(self.index)
-        n = np.bincount(pos, minlength=n_regions)
-        has = n > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = {"n_finite": n,
-                   "mean": np.where(has, np.bincount(pos, weights=v, minlength=n_regions) / n, np.nan)}
-            above = np.bincount(pos[v > threshold], minlength=n_regions) / n
-            below = np.bincount(pos[v < -threshold], minlength=n_regions) / n
-        # Each region's voxels are contiguous (grouped once in __init__): a partial sort
-        # per region finds the order statistics, ~3x faster than one global sort.
-        qs = [float(q) for q in percentiles]
-        result = np.full((len(qs), n_regions), np.nan)
-        starts = np.concatenate(([0], np.cumsum(n)[:-1]))
-        for r in np.flatnonzero(has):
-            last = int(n[r]) - 1
-            ranks = [q / 100.0 * last for q in qs]
-            lows = [math.floor(x) for x in ranks]
-            kth = sorted({k for low in lows for k in (low, min(low + 1, last))})
-            part = np.partition(v[starts[r]:starts[r] + last + 1], kth)
-            for j, (x, low) in enumerate(zip(ranks, lows)):
-                a, b = float(part[low]), float(part[min(low + 1, last)])
-                result[j, r] = a + (x - low) * (b - a)  # numpy's "linear" method
-        for j, q in enumerate(qs):
-            out[_percentile_name(q)] = result[j]
-        out["frac_above"] = np.where(has, above, np.nan)
-        out["frac_below"] = np.where(has, below, np.nan)
-        return out
-
-
-def _percentile_name(q: float) -> str:
-    return f"p{int(q):02d}" if float(q).is_integer() else f"p{q:g}"
-
-
-def region_table(score: SubjectScore, atlas: Atlas, cortex_z_offset: float | None, *,
-                 mask: np.ndarray | None = None, global_percent: float | None = None,
-                 stats: RegionStats | None = None) -> pd.DataFrame:
-    """One row per atlas region; columns documented in docs/architecture.md.
-
-    Parameters
-    ----------
-    score : SubjectScore
-    atlas : Atlas
-        Already on the model grid.
-    cortex_z_offset : float or None
-        Subject's median cortical PET z (None without PET): ``pet_focal_z_mean`` is
-        ``pet_z_mean`` minus it.
-    mask : ndarray of bool, optional
-        Brain mask; voxels outside do not count (``n_voxels`` counts the rest).
-    global_percent : float, optional
-        Global cortical PET level (% of normative), repeated on every row as
-        ``pet_global_cortical_percent``.
-    stats : RegionStats, optional
-        Precomputed grouping of ``atlas`` (and ``mask``); built if not given.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``index, name, n_voxels, anomaly_mean, anomaly_p95``, then per modality ``M``
-        ``M_z_mean, M_z_p05, M_z_p95, M_frac_absz_gt2, M_frac_z_lt_m2`` and, for a
-        model with PET, ``pet_focal_z_mean, pet_global_cortical_percent``. Statistics
-        use the finite voxels; NaN (written ``n/a``) for a modality the subject lacks
-        or a region none of its voxels covers.
-    """
-    stats = stats if stats is not None else RegionStats(atlas, mask)
-    base = stats.summarise(score.anomaly, percentiles=(95,))
-    table = pd.DataFrame({"index": stats.index, "name": stats.names, "n_voxels": stats.n_voxels,
-                          "anomaly_mean": base["mean"], "anomaly_p95": base["p95"]})
-    for c, modality in enumerate(score.modalities):
-        cols = [f"{modality}_z_mean", f"{modality}_z_p05", f"{modality}_z_p95",
-                f"{modality}_frac_absz_gt2", f"{modality}_frac_z_lt_m2"]
-        if score.present[c]:
-            s = stats.summarise(score.z[c], percentiles=(5, 95), threshold=Z_THRESHOLD)
-            values = [s["mean"], s["p05"], s["p95"], s["frac_above"] + s["frac_below"], s["frac_below"]]
-        else:
-            values = [np.nan] * len(cols)  # written as n/a: no data, not zero deviation
-        for col, v in zip(cols, values):
-            table[col] = v
-    if "pet" in score.modalities:
-        present = bool(score.present[score.modalities.index("pet")])
-        offset = cortex_z_offset if present and cortex_z_offset is not None else np.nan
-        table["pet_focal_z_mean"] = table["pet_z_mean"] - offset
-        table["pet_global_cortical_percent"] = np.nan if global_percent is None or not present \
-            else float(global_percent)
-    return table
-
-
-def round_table(table: pd.DataFrame, digits: int = TABLE_DIGITS) -> pd.DataFrame:
-    """Float columns rounded to ``digits`` significant digits (NaN kept)."""
-    out = table.copy()
-    for col in out.columns:
-        if out[col].dtype.kind == "f":
-            values = out[col].to_numpy(np.float64)
-            out[col] = [float(f"{v:.{digits}g}") for v in values]
-    return out
 
 
 # --------------------------------------------------------------------------- scorer
@@ -264,11 +102,7 @@ class Scorer:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 main = Atlas.load(DEFAULT_ATLAS).resample_to(grid)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            non_cortex = main.region_mask(NON_CORTICAL)
-        # Cortical grey matter: likely GM, labelled by the atlas, not a subcortical label.
-        self.cortex_mask = (templates["gm"] > 0.5) & (main.label_array() > 0) & ~non_cortex & mask
+        self.cortex_mask = cortex_mask(grid, mask, main)
         self._t1 = templates["t1"]
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anomaly-write")
         self._pending: list[Future] = []
@@ -313,21 +147,15 @@ class Scorer:
 
     def global_pet(self, score: SubjectScore) -> dict | None:
         """Global cortical PET level (% of normative mean) and the median cortical z."""
-        if "pet" not in score.modalities:
+        if PET not in score.modalities:
             return None
-        c = score.modalities.index("pet")
+        c = score.modalities.index(PET)
         if not score.present[c]:
             return None
-        z = score.z[c][self.cortex_mask]
-        covered = np.isfinite(z)
-        if not covered.any():
-            return None
-        subject = float(np.mean(score.data[c][self.cortex_mask][covered], dtype=np.float64))
-        normal = float(np.mean(self.model.control_mean_[c][self.cortex_mask][covered], dtype=np.float64))
-        return {"global_cortical_pet_percent": 100.0 * subject / normal,
-                "cortical_pet_suvr": subject, "normative_cortical_pet_suvr": normal,
-                "median_cortical_pet_z": float(np.median(z[covered])),
-                "pet_reference": self.model.pet_reference}
+        level = global_cortical_pet(score.data[c], score.z[c], self.model.control_mean_[c], self.cortex_mask)
+        if level is not None:
+            level["pet_reference"] = self.model.pet_reference
+        return level
 
     # ------------------------------------------------------------------ scoring
     def score_subject(self, label: str, images: Mapping, out_dir: Path, *, age=None, sex=None,
@@ -383,7 +211,7 @@ class Scorer:
             "mean_anomaly": float(score.anomaly[self.model.mask_].mean(dtype=np.float64)),
             "peak_anomaly_mni_mm": [round(float(v), 1) for v in peak_mm],
             "top_regions": [str(n) for n in top["name"]],
-            "qc": _jsonable(score.qc),
+            "qc": jsonable(score.qc),
         }
         if glob:
             values.update(glob)
@@ -402,7 +230,7 @@ class Scorer:
         return result
 
     def _renderer(self, kind: str):
-        from anomaly.plotting import GlassBrainRenderer
+        from anomaly.report.figures import GlassBrainRenderer
 
         if kind not in self._renderers:
             self._renderers[kind] = GlassBrainRenderer(kind)
@@ -410,8 +238,8 @@ class Scorer:
 
     def _figures_and_report(self, label: str, score: SubjectScore, table: pd.DataFrame, values: dict,
                             folder: Path) -> dict:
-        from anomaly.plotting import plot_peak_slices
-        from anomaly.report import render_subject_report
+        from anomaly.report.figures import plot_peak_slices
+        from anomaly.report.html import render_subject_report
 
         files, figures = {}, {}
         anomaly_img = score.to_image(score.anomaly)
@@ -478,18 +306,6 @@ def _predict_crs_one(crs_model, tables: dict, values: dict) -> dict:
     numbers = {k: float(v) for k, v in values.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     return predict_from_tables(crs_model, tables, global_values=numbers)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 # --------------------------------------------------------------------------- inputs
@@ -695,7 +511,7 @@ def write_index(out_dir: Path) -> Path:
     finished; the page is replaced atomically, and rebuilt if subjects appeared while
     it was written (another shard finishing at the same moment).
     """
-    from anomaly.report import render_index
+    from anomaly.report.html import render_index
 
     out_dir = Path(out_dir)
     entries = None

@@ -208,7 +208,7 @@ _BIDS_APP_LEADING_FLAGS = ("--debug", "--quiet", "--no-figures")
 
 # --------------------------------------------------------------------------- commands
 def _cmd_simulate(args) -> int:
-    from anomaly.simulate import simulate_cohort
+    from anomaly.simulate.cohort import simulate_cohort
 
     out = simulate_cohort(args.out_dir, n_healthy=args.healthy, n_patients=args.patients, seed=args.seed,
                           resolution=args.resolution, label_noise_sd=args.label_noise,
@@ -238,7 +238,7 @@ def _cmd_fit_normative(args) -> int:
         return 0
     model.save(out)
     if model.history_:
-        from anomaly.plotting import plot_loss_curve
+        from anomaly.report.figures import plot_loss_curve
 
         plot_loss_curve(out / "training_log.csv", out / "loss_curve.png")
     (out / "checkpoint.pt").unlink(missing_ok=True)
@@ -259,7 +259,7 @@ def _fit_normative_model(args, subjects, out):
 
 
 def _cmd_score(args) -> int:
-    from anomaly.scoring import score_command
+    from anomaly.cli.scoring import score_command
 
     return score_command(
         args.inputs, model_dir=args.model, out_dir=args.out, atlases=args.atlas,
@@ -295,7 +295,7 @@ def _cmd_group(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from anomaly.demo import run_demo
+    from anomaly.cli.demo import run_demo
 
     run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.quiet)
     return 0

@@ -49,7 +49,7 @@ QUICK = DemoSize(healthy=16, patients=16, resolution=4.0, epochs=8, cv="kfold:4"
 
 def _run(argv: list[str], log: list[dict], progress: bool) -> None:
     """Run one CLI command in-process, echo it, and stop the demo if it fails."""
-    from anomaly.cli import main
+    from anomaly.cli.main import main
 
     shown = "anomaly " + " ".join(shlex.quote(a) for a in argv)
     print(f"\n$ {shown}", flush=True)

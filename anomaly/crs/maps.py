@@ -52,7 +52,7 @@ def paint_regions(label_img: nib.spatialimages.SpatialImage, values: Mapping[int
 
 
 def plot_glass_brain(img: Any, out_png: str | os.PathLike, *, title: str | None = None, signed: bool = False) -> Path:
-    """Glass-brain PNG via :mod:`anomaly.plotting` (imported here, at call time).
+    """Glass-brain PNG via :mod:`anomaly.report.figures` (imported here, at call time).
 
     Non-negative maps (attention, anomaly) use ``plot_anomaly_glass_brain``; signed maps
     (correlations) ``plot_signed_glass_brain`` with ``plot_abs=False``, a symmetric
@@ -60,7 +60,7 @@ def plot_glass_brain(img: Any, out_png: str | os.PathLike, *, title: str | None 
     """
     # Plotting sits above crs in the layering; the import is local to this helper
     # so that importing anomaly.crs never pulls in matplotlib.
-    from anomaly.plotting import plot_anomaly_glass_brain, plot_signed_glass_brain
+    from anomaly.report.figures import plot_anomaly_glass_brain, plot_signed_glass_brain
 
     if signed:
         return Path(plot_signed_glass_brain(img, out_png, title=title, threshold=0.0))

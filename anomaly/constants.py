@@ -1,0 +1,41 @@
+"""Facts that several stages share, defined once.
+
+Imports nothing: every module of the package may use it.
+"""
+
+from __future__ import annotations
+
+#: Template space of every map the toolkit writes (BIDS ``space-`` label).
+SPACE_LABEL = "MNI152NLin2009cAsym"
+#: The ``space-`` entity of derivative file names.
+SPACE = f"space-{SPACE_LABEL}"
+
+#: Highest Coma Recovery Scale-Revised total; scores are integers 0..CRS_MAX.
+CRS_MAX = 23
+#: Number of CRS-R levels (0..23).
+CRS_LEVELS = CRS_MAX + 1
+
+#: BIDS suffix of the FDG PET modality.
+PET = "pet"
+
+#: Direction in which a lesion pushes each modality, as the sign of the z score that
+#: counts as abnormal: lower T1w signal and FDG uptake, higher FLAIR/T2w/PD signal.
+#: A modality not listed counts as "higher" (see :func:`lesion_sign`).
+LESION_SIGN = {"T1w": -1.0, "T2w": 1.0, "FLAIR": 1.0, "pet": -1.0, "PD": 1.0}
+
+#: |z| beyond which a voxel counts as abnormal in region tables and figures.
+Z_THRESHOLD = 2.0
+
+#: Global cortical metabolism (% of normal) above which awareness is likely
+#: (Stender et al. 2016: UWS ~38%, MCS ~56% of normal, boundary ~42%).
+AWARENESS_PERCENT = 42.0
+
+
+def lesion_sign(modality: str) -> float:
+    """Sign of an abnormal z for ``modality`` (+1.0, "higher", for a modality not listed)."""
+    return LESION_SIGN.get(modality, 1.0)
+
+
+def derivative_name(label: str, *parts: str) -> str:
+    """``sub-<label>_space-MNI152NLin2009cAsym_<parts...>`` (parts joined by ``_``)."""
+    return "_".join([f"sub-{label}", SPACE, *parts])
