@@ -33,19 +33,20 @@ Every model sees the columns ``--features`` and ``--global-features`` choose, as
 ``global_cortical_pet_percent``; ``--features all --global-features all`` gives all,
 which suits the synthetic tables, whose CRS-R is set by PET z).
 
-Targets (issue #5): MIL MAE <= 1.3 x noise floor and below ridge; Spearman >= 0.8;
-localisation AUROC >= 0.9; LOO on 50 patients < 2 min. :func:`check_targets` evaluates
-them for the default configuration (``mse``, as ``anomaly fit-crs``), or the first one run.
+Targets (issue #5, defined in :mod:`benchmarks._targets`): MIL MAE <= 1.3 x noise floor
+and below ridge; Spearman >= 0.8; localisation AUROC >= 0.9; LOO on 50 patients < 2 min.
+:func:`check_targets` evaluates them for the default configuration (``mse``, as
+``anomaly fit-crs``), or the first one run.
 
 Usage::
 
-    python benchmarks/crs.py                    # full LOO table, synthetic cohort
-    python benchmarks/crs.py --features all --global-features all --jobs 2   # README table
-    python benchmarks/crs.py --quick            # 5-fold CV, fewer configurations
-    python benchmarks/crs.py --configs mse,coral --cv kfold:5x2
-    python benchmarks/crs.py --scores-dir scores --participants bids/participants.tsv \\
+    python -m benchmarks.crs                    # full LOO table, synthetic cohort
+    python -m benchmarks.crs --features all --global-features all --jobs 2   # README table
+    python -m benchmarks.crs --quick            # 5-fold CV, fewer configurations
+    python -m benchmarks.crs --configs mse,coral --cv kfold:5x2
+    python -m benchmarks.crs --scores-dir scores --participants bids/participants.tsv \\
         --truth bids/derivatives/simulation --cv kfold:5 --configs mse,coral
-    python benchmarks/crs.py --quick --json crs.json --figure crs_scatter.png
+    python -m benchmarks.crs --quick --json crs.json --figure crs_scatter.png
 
 ``run(...)`` returns the table, the out-of-fold predictions and the targets as data.
 """
@@ -63,12 +64,10 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from anomaly.crs import cross_validate, load_region_bags, region_correlations, select_features  # noqa: E402
-from anomaly.crs.synthetic import simulate_region_bags  # noqa: E402
-from _common import save_figure, to_json  # noqa: E402
+from anomaly.crs import cross_validate, load_region_bags, region_correlations, select_features
+from anomaly.crs.synthetic import simulate_region_bags
+from benchmarks._common import save_figure, write_json
+from benchmarks._targets import crs_targets
 
 CONFIGS: dict[str, dict] = {
     "mse": {"loss": "mse"},
@@ -127,7 +126,28 @@ def load_inputs(*, scores_dir=None, participants=None, truth=None, atlas=None, n
         return {"bags": c.bags, "y": c.crs, "y_sd": c.crs_sd, "crs_true": c.crs_true, "causal": c.causal,
                 "source": f"synthetic region tables (simulate_region_bags, n={n_patients}, seed={seed})",
                 "causal_missing": []}
-    from anomaly.io import AnomalyInputError, read_participants
+    return load_scored(scores_dir, participants, truth, atlas)
+
+
+def _scored_bags(scores_dir, atlas, json_atlas, causal_json: Path):
+    """Region bags of the scored cohort, on ``atlas`` or that of ``causal_regions.json``."""
+    from anomaly.io import AnomalyInputError
+
+    try:
+        bags = load_region_bags(scores_dir, atlas=atlas or json_atlas)
+    except AnomalyInputError:
+        if atlas or not json_atlas:
+            raise
+        log(f"warning: no atlas-{json_atlas} region tables (the atlas of {causal_json.name}); using the default")
+        bags = load_region_bags(scores_dir)
+    if json_atlas and bags.atlas and str(bags.atlas).lower() != str(json_atlas).lower():
+        log(f"warning: region tables use atlas {bags.atlas!r}, {causal_json.name} lists {json_atlas!r} regions")
+    return bags
+
+
+def load_scored(scores_dir, participants, truth, atlas) -> dict:
+    """:func:`load_inputs` for a scored cohort (region tables, participants.tsv, truth)."""
+    from anomaly.io import read_participants
 
     tsv, causal_json = truth_paths(truth)
     spec = json.loads(causal_json.read_text()) if causal_json.is_file() else {}
@@ -142,15 +162,7 @@ def load_inputs(*, scores_dir=None, participants=None, truth=None, atlas=None, n
     table["participant_id"] = [p if p.startswith("sub-") else f"sub-{p}" for p in table["participant_id"]]
     table = table.set_index("participant_id")
     json_atlas = spec.get("atlas") if isinstance(spec, dict) else None
-    try:
-        bags = load_region_bags(scores_dir, atlas=atlas or json_atlas)
-    except AnomalyInputError:
-        if atlas or not json_atlas:
-            raise
-        log(f"warning: no atlas-{json_atlas} region tables (the atlas of {causal_json.name}); using the default")
-        bags = load_region_bags(scores_dir)
-    if json_atlas and bags.atlas and str(bags.atlas).lower() != str(json_atlas).lower():
-        log(f"warning: region tables use atlas {bags.atlas!r}, {causal_json.name} lists {json_atlas!r} regions")
+    bags = _scored_bags(scores_dir, atlas, json_atlas, causal_json)
     labelled = set(parts.participant_id)
     known = set(table.index[table["crs_true"].notna()])
     keep = [p for p in bags.participant_ids if p in labelled and p in known]
@@ -188,6 +200,15 @@ METRIC_COLUMNS = ("mae", "rmse", "spearman", "qwk", "auroc")
 SHOW = ["model", "mae", "mae/floor", "rmse", "spearman", "qwk", "auroc", "loc_auroc", "seconds", "cpu_s"]
 
 
+def config_names(configs: list[str] | None, quick: bool) -> list[str]:
+    """The configurations to run: those given, else :data:`QUICK` or all; unknown names refused."""
+    names = list(configs) if configs else (QUICK if quick else list(CONFIGS))
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    return names
+
+
 def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = False, scores_dir=None,
         participants=None, truth=None, atlas=None, n_patients: int = 50, seed: int = 0, n_bootstrap: int = 1000,
         params: dict | None = None, threads: int | None = 1, features=None, global_features=None,
@@ -216,10 +237,7 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
     if threads is not None:
         torch.set_num_threads(threads)
     cv = "kfold:5" if quick and cv == "loo" else cv
-    names = list(configs) if configs else (QUICK if quick else list(CONFIGS))
-    unknown = [n for n in names if n not in CONFIGS]
-    if unknown:
-        raise ValueError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    names = config_names(configs, quick)
     extra = dict(params or {})
     data = load_inputs(scores_dir=scores_dir, participants=participants, truth=truth, atlas=atlas,
                        n_patients=n_patients, seed=seed)
@@ -231,46 +249,11 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
         f"cv={cv}; noise floor MAE={floor:.3f}")
     can_localise = bool(causal.any() and not causal.all())
 
-    rows, attention = [], {}
-    baselines = None
     predictions = pd.DataFrame({"participant_id": list(bags.participant_ids), "crs": y, "crs_true": crs_true})
-    for i, name in enumerate(names):
-        mil_params = {**CONFIGS[name], "seed": seed, **extra}
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = cross_validate(bags, y, mil_params, y_sd=y_sd, cv=cv, seed=seed, n_bootstrap=n_bootstrap,
-                             baselines=baselines is None, n_jobs=jobs, progress=False)
-        wall = time.perf_counter() - t0
-        # The machine may be shared: CPU time is the fairer cost (this process only:
-        # with jobs > 1 the folds' CPU time is spent in worker processes).
-        cpu = time.process_time() - c0
-        if baselines is None:
-            baselines = res
-            for base in ("ridge", "mean"):
-                predictions[f"crs_pred_{base}"] = _aligned(res.predictions, predictions, f"crs_pred_{base}")
-        predictions[f"crs_pred_mil_{name}"] = _aligned(res.predictions, predictions, "crs_pred_mil")
-        attention[name] = res.attention.mean(0)
-        loc = roc_auc_score(causal, attention[name]) if can_localise else float("nan")
-        rows.append({"model": f"MIL {name}", **{m: cell(res.metrics, "mil", m) for m in METRIC_COLUMNS},
-                     "mae_est": res.metric("mil", "mae"), "spearman_est": res.metric("mil", "spearman"),
-                     "loc_auroc": loc, "seconds": wall, "cpu_s": cpu})
-        log(f"[{i + 1}/{len(names)}] {name}: MAE {rows[-1]['mae']}, loc {loc:.3f}, {wall:.0f} s wall, "
-            f"{cpu:.0f} s CPU")
-    for base in ("ridge", "mean"):
-        rows.append({"model": base, **{m: cell(baselines.metrics, base, m) for m in METRIC_COLUMNS},
-                     "mae_est": baselines.metric(base, "mae"), "spearman_est": baselines.metric(base, "spearman"),
-                     "loc_auroc": float("nan"), "seconds": baselines.seconds[base], "cpu_s": float("nan")})
-    corr = region_correlations(all_bags, y, features=("pet_z_mean", "anomaly_mean"))
-    loc_corr = {}
-    for feat in ("pet_z_mean", "anomaly_mean"):
-        sub = corr[corr.feature == feat]
-        if len(sub) and can_localise:
-            score = np.nan_to_num(np.abs(sub["rho"].to_numpy()))  # rows follow the bags' region order
-            loc_corr[feat] = roc_auc_score(causal, score)
-    rows.append({"model": "oracle (crs_true)", **{m: "" for m in METRIC_COLUMNS[1:]},
-                 "mae": f"{floor:.2f}", "mae_est": floor, "spearman_est": float("nan"), "loc_auroc": float("nan"),
-                 "seconds": 0.0, "cpu_s": float("nan")})
-    table = pd.DataFrame(rows)
-    table["mae/floor"] = table["mae_est"] / floor
+    rows, attention, baselines = _run_configs(names, bags, y, y_sd, causal if can_localise else None, predictions,
+                                              cv=cv, seed=seed, n_bootstrap=n_bootstrap, extra=extra, jobs=jobs)
+    table = _final_table(rows, baselines, floor)
+    loc_corr = _correlation_localisation(all_bags, y, causal) if can_localise else {}
     result = {
         "settings": {"configs": names, "cv": cv, "quick": quick, "scores_dir": None if scores_dir is None else str(scores_dir),
                      "participants": None if participants is None else str(participants),
@@ -287,6 +270,67 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
     return result
 
 
+def _run_configs(names, bags, y, y_sd, causal, predictions: pd.DataFrame, *, cv, seed, n_bootstrap, extra,
+                 jobs) -> tuple[list[dict], dict, object]:
+    """Cross-validate each MIL configuration (the baselines with the first).
+
+    Adds the out-of-fold predictions to ``predictions``; ``causal`` is None when the
+    regions cannot be ranked (no causal region, or all). Returns the table rows, the
+    cohort-mean attention per configuration and the first run's result (baselines).
+    """
+    rows, attention = [], {}
+    baselines = None
+    for i, name in enumerate(names):
+        mil_params = {**CONFIGS[name], "seed": seed, **extra}
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = cross_validate(bags, y, mil_params, y_sd=y_sd, cv=cv, seed=seed, n_bootstrap=n_bootstrap,
+                             baselines=baselines is None, n_jobs=jobs, progress=False)
+        wall = time.perf_counter() - t0
+        # The machine may be shared: CPU time is the fairer cost (this process only:
+        # with jobs > 1 the folds' CPU time is spent in worker processes).
+        cpu = time.process_time() - c0
+        if baselines is None:
+            baselines = res
+            for base in ("ridge", "mean"):
+                predictions[f"crs_pred_{base}"] = _aligned(res.predictions, predictions, f"crs_pred_{base}")
+        predictions[f"crs_pred_mil_{name}"] = _aligned(res.predictions, predictions, "crs_pred_mil")
+        attention[name] = res.attention.mean(0)
+        loc = roc_auc_score(causal, attention[name]) if causal is not None else float("nan")
+        rows.append({"model": f"MIL {name}", **{m: cell(res.metrics, "mil", m) for m in METRIC_COLUMNS},
+                     "mae_est": res.metric("mil", "mae"), "spearman_est": res.metric("mil", "spearman"),
+                     "loc_auroc": loc, "seconds": wall, "cpu_s": cpu})
+        log(f"[{i + 1}/{len(names)}] {name}: MAE {rows[-1]['mae']}, loc {loc:.3f}, {wall:.0f} s wall, "
+            f"{cpu:.0f} s CPU")
+    return rows, attention, baselines
+
+
+def _final_table(rows: list[dict], baselines, floor: float) -> pd.DataFrame:
+    """The MIL rows, then ridge, mean and the oracle noise floor; ``mae/floor`` added."""
+    rows = list(rows)
+    for base in ("ridge", "mean"):
+        rows.append({"model": base, **{m: cell(baselines.metrics, base, m) for m in METRIC_COLUMNS},
+                     "mae_est": baselines.metric(base, "mae"), "spearman_est": baselines.metric(base, "spearman"),
+                     "loc_auroc": float("nan"), "seconds": baselines.seconds[base], "cpu_s": float("nan")})
+    rows.append({"model": "oracle (crs_true)", **{m: "" for m in METRIC_COLUMNS[1:]},
+                 "mae": f"{floor:.2f}", "mae_est": floor, "spearman_est": float("nan"), "loc_auroc": float("nan"),
+                 "seconds": 0.0, "cpu_s": float("nan")})
+    table = pd.DataFrame(rows)
+    table["mae/floor"] = table["mae_est"] / floor
+    return table
+
+
+def _correlation_localisation(bags, y: np.ndarray, causal: np.ndarray) -> dict[str, float]:
+    """AUROC of ranking the regions by |Spearman rho| of a feature with the CRS-R."""
+    corr = region_correlations(bags, y, features=("pet_z_mean", "anomaly_mean"))
+    loc_corr = {}
+    for feat in ("pet_z_mean", "anomaly_mean"):
+        sub = corr[corr.feature == feat]
+        if len(sub):
+            score = np.nan_to_num(np.abs(sub["rho"].to_numpy()))  # rows follow the bags' region order
+            loc_corr[feat] = roc_auc_score(causal, score)
+    return loc_corr
+
+
 def _aligned(source: pd.DataFrame, target: pd.DataFrame, column: str) -> np.ndarray:
     """``source[column]`` in the participant order of ``target``."""
     if "participant_id" in source.columns:
@@ -301,28 +345,11 @@ def primary_config(result: dict) -> str:
 
 
 def check_targets(result: dict) -> list[dict]:
-    """Issue #5 targets for the primary configuration: list of target/value/met dicts."""
+    """Issue #5 targets for the primary configuration (:func:`benchmarks._targets.crs_targets`)."""
     t = result["table"].set_index("model")
     name = primary_config(result)
-    mil = t.loc[f"MIL {name}"]
-    floor, ridge = result["noise_floor"], t.loc["ridge", "mae_est"]
-    out = [
-        {"target": f"MIL {name} MAE <= 1.3 x noise floor", "value": f"{mil['mae_est']:.2f} = {mil['mae/floor']:.2f} x {floor:.2f}",
-         "met": bool(mil["mae/floor"] <= 1.3)},
-        {"target": f"MIL {name} MAE below ridge", "value": f"{mil['mae_est']:.2f} vs {ridge:.2f}",
-         "met": bool(mil["mae_est"] < ridge)},
-        {"target": f"MIL {name} Spearman >= 0.8", "value": f"{mil['spearman_est']:.2f}",
-         "met": bool(mil["spearman_est"] >= 0.8)},
-        {"target": f"MIL {name} localisation AUROC >= 0.9", "value": f"{mil['loc_auroc']:.3f}",
-         "met": bool(mil["loc_auroc"] >= 0.9) if np.isfinite(mil["loc_auroc"]) else None},
-    ]
-    if result["cv"] == "loo" and result["n"] >= 50:
-        out.append({"target": f"MIL {name} LOO on {result['n']} patients < 2 min (wall)",
-                    "value": f"{mil['seconds']:.0f} s", "met": bool(mil["seconds"] < 120)})
-    else:
-        out.append({"target": "MIL LOO on 50 patients < 2 min (wall)",
-                    "value": f"not measured (cv={result['cv']}, n={result['n']}; {mil['seconds']:.0f} s)", "met": None})
-    return out
+    return crs_targets(t.loc[f"MIL {name}"].to_dict(), name=name, ridge_mae=float(t.loc["ridge", "mae_est"]),
+                       noise_floor=result["noise_floor"], cv=result["cv"], n=result["n"])
 
 
 def text_table(result: dict) -> str:
@@ -331,12 +358,18 @@ def text_table(result: dict) -> str:
         return result["table"][SHOW].to_string(index=False, float_format=lambda v: f"{v:.2f}")
 
 
+NUMERIC_COLUMNS = ("mae_est", "mae/floor", "loc_auroc", "seconds", "cpu_s")
+
+
 def markdown(result: dict) -> str:
-    """Header lines and the table in Markdown."""
+    """Header lines and the table in Markdown, from :func:`run`'s result or its JSON."""
     def fmt(v):
         if isinstance(v, float):
             return "" if not np.isfinite(v) else f"{v:.2f}"
         return str(v)
+
+    # from JSON: records, with null for NaN
+    table = pd.DataFrame(result["table"]).astype({c: float for c in NUMERIC_COLUMNS}, errors="ignore")
 
     lines = [f"Cohort: {result['source']}; {result['n']} patients, {result['n_regions']} regions "
              f"({result['n_causal']} causal); features {', '.join(result.get('feature_names', []))} + "
@@ -346,7 +379,7 @@ def markdown(result: dict) -> str:
              "out-of-fold attention. seconds: CV wall time incl. bootstrap; cpu_s: CPU time of the "
              f"benchmark process ({result['settings'].get('jobs', 1)} fold job(s)).", "",
              "| " + " | ".join(SHOW) + " |", "|" + "---|" * len(SHOW)]
-    for _, r in result["table"].iterrows():
+    for _, r in table.iterrows():
         lines.append("| " + " | ".join(fmt(r[c]) for c in SHOW) + " |")
     if result["loc_corr"]:
         lines += ["", "Group-correlation localisation AUROC (|Spearman rho| of the feature with the CRS-R): "
@@ -400,9 +433,8 @@ def plot_scatter(result: dict, path: str | Path, config: str | None = None) -> P
     return save_figure(fig, path)
 
 
-
-def main(argv: list[str] | None = None) -> dict:
-    """Command line; returns the :func:`run` result."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--synthetic", action="store_true", help="simulated region tables (default without --scores-dir)")
     ap.add_argument("--scores-dir", help="output folder of `anomaly score` on a simulated cohort")
@@ -426,6 +458,12 @@ def main(argv: list[str] | None = None) -> dict:
                                               "(default: global_cortical_pet_percent)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     ap.add_argument("--jobs", type=int, default=1, help="CV folds fitted in parallel processes (default 1)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command line; returns the :func:`run` result."""
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.scores_dir is not None and (args.participants is None or args.truth is None):
         ap.error("--scores-dir needs --participants and --truth")
@@ -464,8 +502,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         result["table"].to_csv(args.out, sep="\t", index=False)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(to_json(result))
+        write_json(result, args.json)
     if args.figure:
         print(f"scatter: {plot_scatter(result, args.figure)}")
     return result

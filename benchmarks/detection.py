@@ -12,20 +12,19 @@ subjects and prints, for each method:
 
 Usage::
 
-    python benchmarks/detection.py                  # 100 controls, 50 patients, 2 mm
-    python benchmarks/detection.py --quick          # 20 controls, 10 patients, 4 mm
-    python benchmarks/detection.py --quick --json det.json --figure det_pr.png
+    python -m benchmarks.detection                  # 100 controls, 50 patients, 2 mm
+    python -m benchmarks.detection --quick          # 20 controls, 10 patients, 4 mm
+    python -m benchmarks.detection --quick --json det.json --figure det_pr.png
 
 ``run(...)`` returns the same results as a dict (metrics, precision-recall curves of
-the focal lesions) for other scripts, e.g. ``benchmarks/run_all.py``.
+the focal lesions, targets); ``--json`` writes it for :mod:`benchmarks.run_all`, which
+renders it with :func:`markdown`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, save_figure, to_json  # noqa: E402,F401 - re-exported for training.py and run_all
+from benchmarks._common import fit_in_child, machine, nan_for_none, save_figure, write_json
+from benchmarks._targets import detection_targets
 
 
 def best_dice(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -79,7 +78,7 @@ def evaluate(model, subjects, truth_dir: Path, controls, curve_points: int = 400
     max_patient, max_control = [], []
     t0 = time.perf_counter()
     for s in subjects:
-        score = model.score(s.images, age=s.age, sex=s.sex)
+        score = model.transform(s.images, age=s.age, sex=s.sex)
         prefix = truth_dir / f"sub-{s.label}" / f"sub-{s.label}_desc-"
         focal = resample_to_grid(f"{prefix}focal_mask.nii.gz", model.grid_, interpolation="nearest") > 0.5
         changed = resample_to_grid(f"{prefix}lesion_mask.nii.gz", model.grid_, interpolation="nearest") > 0.5
@@ -91,7 +90,7 @@ def evaluate(model, subjects, truth_dir: Path, controls, curve_points: int = 400
         all_labels.append(changed[brain])
         max_patient.append(float(score.anomaly.max()))
     for s in controls:
-        score = model.score(s.images, age=s.age, sex=s.sex)
+        score = model.transform(s.images, age=s.age, sex=s.sex)
         max_control.append(float(score.anomaly.max()))
     seconds = (time.perf_counter() - t0) / (len(subjects) + len(controls))
     fs, fl = np.concatenate(focal_scores), np.concatenate(focal_labels)
@@ -107,27 +106,6 @@ def evaluate(model, subjects, truth_dir: Path, controls, curve_points: int = 400
         "seconds_per_subject": seconds,
         "pr_focal": subsample_curve(precision, recall, thresholds, curve_points),
     }
-
-
-def fit_in_child(method: str, bids: Path, out: Path, settings: dict) -> tuple[float, float]:
-    """Fit in a child process so that its peak memory is measured on its own."""
-    import subprocess
-
-    code = (
-        "import json, sys, time, resource\n"
-        "from anomaly.io import find_subjects\n"
-        "from anomaly.normative import NormativeModel\n"
-        "t = time.perf_counter()\n"
-        f"m = NormativeModel({method!r}, **json.loads(sys.argv[1]))\n"
-        f"m.fit(find_subjects({str(bids)!r}, group='control'), workdir={str(out)!r}, progress=True)\n"
-        f"m.save({str(out)!r})\n"
-        "print(json.dumps({'seconds': time.perf_counter() - t, "
-        "'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(settings)], check=True,
-                            stdout=subprocess.PIPE, text=True)
-    info = json.loads(result.stdout.strip().splitlines()[-1])
-    return info["seconds"], info["peak_mb"]
 
 
 ROWS = [("focal AUROC", "focal_auroc", "{:.3f}"), ("focal AUPRC", "focal_auprc", "{:.3f}"),
@@ -147,9 +125,10 @@ def run(*, healthy: int = 100, patients: int = 50, test_controls: int = 20, reso
     dict
         ``settings`` (the arguments), ``machine``, ``sim_seconds``, ``results`` (per
         method: the metrics of :func:`evaluate`, ``fit_seconds``, ``fit_peak_mb``;
-        NaN fit values when the model was reused from ``out_dir``) and ``pr_curves``
+        NaN fit values when the model was reused from ``out_dir``), ``pr_curves``
         (per method: ``precision``, ``recall``, ``threshold`` lists of the focal-lesion
-        precision-recall curve, subsampled for plotting).
+        precision-recall curve, subsampled for plotting) and ``targets``
+        (:func:`benchmarks._targets.detection_targets`).
     """
     settings = {"healthy": healthy, "patients": patients, "test_controls": test_controls,
                 "resolution": resolution, "epochs": epochs, "seed": seed,
@@ -166,7 +145,7 @@ def run(*, healthy: int = 100, patients: int = 50, test_controls: int = 20, reso
 def _run(work: Path, settings: dict, curve_points: int) -> dict:
     from anomaly.io import find_subjects
     from anomaly.normative import NormativeModel
-    from anomaly.simulate.cohort import simulate_cohort
+    from anomaly.simulate import simulate_cohort
 
     healthy, patients, test_controls = settings["healthy"], settings["patients"], settings["test_controls"]
     resolution, epochs, seed = settings["resolution"], settings["epochs"], settings["seed"]
@@ -200,12 +179,13 @@ def _run(work: Path, settings: dict, curve_points: int) -> dict:
         metrics.update(fit_seconds=fit_s, fit_peak_mb=peak)
         results[method] = {k: float(v) for k, v in metrics.items()}
     return {"settings": settings, "machine": machine(), "sim_seconds": sim_seconds,
-            "results": results, "pr_curves": curves}
+            "results": results, "pr_curves": curves, "targets": detection_targets(results)}
 
 
 def markdown(result: dict) -> str:
-    """The results table (Markdown) with its header lines."""
-    st, res = result["settings"], result["results"]
+    """The results table (Markdown) with its header lines, from :func:`run` or its JSON."""
+    st = result["settings"]
+    res = {method: nan_for_none(metrics) for method, metrics in result["results"].items()}
     lines = [f"Detection benchmark: {st['healthy']} training controls, {st['patients']} patients, "
              f"{st['test_controls']} test controls, {st['resolution']:g} mm, AE {st['epochs']} epochs",
              "", f"Machine: {result['machine']}; simulation {result['sim_seconds']:.0f} s", "",
@@ -249,7 +229,6 @@ def plot_pr_curves(result: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-
 def main(argv=None) -> dict:
     """Command line; returns the :func:`run` result (``args`` added)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -273,9 +252,10 @@ def main(argv=None) -> dict:
     result["args"] = {k: str(v) for k, v in vars(args).items()}
     print()
     print(markdown(result))
+    print("targets: " + "; ".join(f"{t['target']}: {t['value']} ({'met' if t['met'] else 'NOT met'})"
+                                  for t in result["targets"]))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(to_json(result))
+        write_json(result, args.json)
     if args.figure:
         print(f"precision-recall curves: {plot_pr_curves(result, args.figure)}")
     return result

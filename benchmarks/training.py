@@ -3,31 +3,35 @@
 For each cohort size, simulates that many controls (3 modalities), fits the
 autoencoder in a child process and reports wall time, seconds per epoch and peak
 resident memory. Memory should stay flat with the number of subjects, because
-subjects are preprocessed once into a disk cache and streamed by a DataLoader.
+subjects are preprocessed once into a disk cache and streamed by a DataLoader
+(target: :data:`benchmarks._targets.TRAINING_MEMORY_RATIO`).
 
 Usage::
 
-    python benchmarks/training.py                          # 100 and 400 controls, 2 mm, 1 epoch
-    python benchmarks/training.py --sizes 100 --epochs 20  # the full 100-control fit
+    python -m benchmarks.training                          # 100 and 400 controls, 2 mm, 1 epoch
+    python -m benchmarks.training --sizes 100 --epochs 20  # the full 100-control fit
+    python -m benchmarks.training --sizes 10 20 --resolution 4 --json training.json
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
-from detection import fit_in_child  # noqa: E402
+from benchmarks._common import fit_in_child, machine, write_json
+from benchmarks._targets import training_targets
 
 
-def measure(args, work: Path) -> list[tuple]:
-    """Simulate and fit each cohort size; returns one row per size."""
-    from anomaly.simulate.cohort import simulate_cohort
+def measure(args, work: Path) -> list[dict]:
+    """Simulate and fit each cohort size; returns one row per size.
+
+    Each row: ``controls``, ``simulate_s``, ``fit_s`` (incl. preprocessing),
+    ``s_per_epoch`` (an upper bound) and ``peak_mb`` (peak RSS of the fit).
+    """
+    from anomaly.simulate import simulate_cohort
 
     rows = []
     for n in args.sizes:
@@ -38,16 +42,31 @@ def measure(args, work: Path) -> list[tuple]:
         sim = time.perf_counter() - t0
         seconds, peak = fit_in_child("ae", bids, work / f"model-{n}",
                                      {"resolution": args.resolution, "epochs": args.epochs, "device": "cpu"})
-        rows.append((n, sim, seconds, seconds / args.epochs, peak))
+        rows.append({"controls": n, "simulate_s": sim, "fit_s": seconds, "s_per_epoch": seconds / args.epochs,
+                     "peak_mb": peak})
     return rows
 
 
-def main(argv=None) -> int:
+def markdown(result: dict) -> str:
+    """Header line and the Markdown table (as printed), from :func:`main`'s result or its JSON."""
+    st = result["settings"]
+    lines = [f"Autoencoder training, {st['resolution']:g} mm, 3 modalities, {st['epochs']} epoch(s); "
+             f"machine: {result['machine']}", "",
+             "| controls | simulate (s) | fit incl. preprocessing (s) | s/epoch (upper bound) | peak RSS (MB) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['controls']} | {r['simulate_s']:.0f} | {r['fit_s']:.0f} | {r['s_per_epoch']:.0f} "
+              f"| {r['peak_mb']:.0f} |" for r in result["rows"]]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    """Command line; returns the result (``settings``, ``machine``, ``rows``, ``targets``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 400], help="cohort sizes")
     parser.add_argument("--resolution", type=float, default=2.0)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, help="keep data here (default: temporary)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)
 
     work = args.out_dir or Path(tempfile.mkdtemp(prefix="anomaly-training-"))
@@ -56,15 +75,14 @@ def main(argv=None) -> int:
     finally:
         if args.out_dir is None:  # several GB at the default sizes
             shutil.rmtree(work, ignore_errors=True)
+    result = {"settings": {"sizes": args.sizes, "resolution": args.resolution, "epochs": args.epochs},
+              "machine": machine(), "rows": rows, "targets": training_targets(rows)}
     print()
-    print(f"Autoencoder training, {args.resolution:g} mm, 3 modalities, {args.epochs} epoch(s); "
-          f"machine: {machine()}")
-    print("| controls | simulate (s) | fit incl. preprocessing (s) | s/epoch (upper bound) | peak RSS (MB) |")
-    print("|---|---|---|---|---|")
-    for n, sim, seconds, per_epoch, peak in rows:
-        print(f"| {n} | {sim:.0f} | {seconds:.0f} | {per_epoch:.0f} | {peak:.0f} |")
-    return 0
+    print(markdown(result))
+    if args.json:
+        write_json(result, args.json)
+    return result
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

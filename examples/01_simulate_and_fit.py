@@ -35,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 from anomaly.io import find_subjects
 from anomaly.normative import NormativeModel
 from anomaly.preprocess import resample_to_grid
-from anomaly.simulate.cohort import simulate_cohort
+from anomaly.simulate import simulate_cohort
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         labels.append(masks["focal"][evaluated])
         prep = models["zscore"].preprocess(s.images)  # same grid and modalities: preprocess once
         for method, model in models.items():
-            score = model.score(prep, age=s.age, sex=s.sex)
+            score = model.transform(prep, age=s.age, sex=s.sex)
             values[method].append(score.anomaly[evaluated])
 
     # 5. Compare: voxel AUROC of the anomaly maps for the focal lesions.

@@ -7,7 +7,7 @@ What a clinician-scientist does in a notebook with one new patient:
 2. get the patient's images: your own NIfTI files (``--image``, modality from the BIDS
    suffix), or a simulated patient with a thalamic and a brainstem lesion, kept in
    memory as nibabel images (no file is written for it);
-3. score it: ``model.score(images)`` returns the z map of each modality and the
+3. score it: ``model.transform(images)`` returns the z map of each modality and the
    combined anomaly map (>= 0, z units);
 4. print the global cortical PET level (% of the normative mean: awareness needs
    roughly > 42%) and the 10 most abnormal atlas regions;
@@ -29,11 +29,13 @@ import numpy as np
 import pandas as pd
 from _common import fit_zscore, output_dir, parser, quiet_atlas_warnings
 
+from anomaly.atlas import region_table
+from anomaly.cli.scorer import Scorer
 from anomaly.io import modality_from_path, write_tsv
 from anomaly.normative import NormativeModel
 from anomaly.report.figures import plot_anomaly_glass_brain, plot_peak_slices
-from anomaly.cli.scoring import ANOMALY_FIGURE_THRESHOLD, Scorer, region_table
-from anomaly.simulate.cohort import simulate_cohort, simulate_subject
+from anomaly.report.subject import ANOMALY_FIGURE_THRESHOLD
+from anomaly.simulate import simulate_cohort, simulate_subject
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         age, sex = truth.age, truth.sex
 
     # 3. Score: voxel maps on the model grid (score.z: one signed map per modality).
-    score = model.score(images, age=age, sex=sex)
+    score = model.transform(images, age=age, sex=sex)
     for modality, qc in score.qc.items():  # field of view: the maps mean little where an image has no data
         if isinstance(qc, dict) and qc.get("coverage", 1.0) < 0.98:
             print(f"warning: {modality} covers {100 * qc['coverage']:.0f}% of the brain")

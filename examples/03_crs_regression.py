@@ -9,7 +9,7 @@ says which regions the prediction rests on.
 This script:
 
 1. builds region tables for a simulated cohort: simulate, fit a quick z-score model on
-   the controls, score the patients with :class:`anomaly.cli.scoring.Scorer` (or reads an
+   the controls, score the patients with :class:`anomaly.cli.scorer.Scorer` (or reads an
    existing scores folder: ``--scores DIR --participants participants.tsv``);
 2. loads them as bags (:func:`anomaly.crs.load_region_bags`) with the CRS-R labels and
    keeps the columns ``anomaly fit-crs`` uses by default (``--features``: each region's

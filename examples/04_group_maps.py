@@ -1,6 +1,6 @@
 """Group maps: which regions' anomaly goes with the CRS-R across patients?
 
-:func:`anomaly.crs.group_analysis` correlates every atlas region's anomaly features
+:func:`anomaly.cli.crs.group_analysis` correlates every atlas region's anomaly features
 (by default the mean combined anomaly and the mean PET z) with the CRS-R over the
 patients (Spearman rho), corrects the p-values for the number of regions x features
 tested (Benjamini-Hochberg FDR q-values), and writes the group maps: rho painted on the
@@ -10,7 +10,7 @@ brain. With a CRS model (``--crs-model``, e.g. ``crs_model`` from
 
 This script:
 
-1. scores a simulated cohort (quick z-score model + :class:`anomaly.cli.scoring.Scorer`), or
+1. scores a simulated cohort (quick z-score model + :class:`anomaly.cli.scorer.Scorer`), or
    reads an existing scores folder (``--scores DIR --participants participants.tsv``);
 2. runs the group analysis into ``OUT/group``;
 3. prints the regions most correlated with the CRS-R with their q-values (negative rho:
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from _common import output_dir, parser, quiet_atlas_warnings, simulated_scores
 
-from anomaly.crs import group_analysis
+from anomaly.cli.crs import group_analysis
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from anomaly.io import find_subjects
 from anomaly.normative import NormativeModel
-from anomaly.cli.scoring import Scorer
-from anomaly.simulate.cohort import simulate_cohort
+from anomaly.cli.scorer import Scorer
+from anomaly.simulate import simulate_cohort
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from anomaly.atlas import Atlas  # noqa: E402
-from anomaly.simulate.cohort import simulate_subject  # noqa: E402
+from anomaly.simulate import simulate_subject  # noqa: E402
 
 MODALITIES = ("T1w", "FLAIR", "pet")
 TITLES = {"T1w": "T1w", "FLAIR": "FLAIR", "pet": "FDG PET"}

@@ -1,5 +1,7 @@
 """Shared pytest fixtures: seeded random generator, headless matplotlib, one torch thread."""
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -38,7 +40,7 @@ AE_TEST_SETTINGS = dict(resolution=4.0, epochs=12, batch_size=1, channels=(8, 16
 @pytest.fixture(scope="session")
 def sim_cohort(tmp_path_factory):
     """A simulated BIDS cohort at 4 mm (10 controls, 6 patients) with ground truth."""
-    from anomaly.simulate.cohort import simulate_cohort
+    from anomaly.simulate import simulate_cohort
 
     out = tmp_path_factory.mktemp("sim") / "bids"
     simulate_cohort(out, n_healthy=SIM_HEALTHY, n_patients=SIM_PATIENTS, seed=7, resolution=4.0,
@@ -70,3 +72,31 @@ def ae_model_dir(sim_cohort, tmp_path_factory):
     model.fit(find_subjects(sim_cohort), workdir=out, progress=False)
     model.save(out)
     return out
+
+
+def pet_baseline_auroc(model_dir: Path, bids: Path) -> float:
+    """Model-free detection baseline: voxel AUROC of the negated PET SUVR for the focal
+    lesions of the simulated patients in ``bids``.
+
+    Uses the preprocessing of the model in ``model_dir`` (grid, mask, SUVR reference) but
+    no normative model; voxels changed only by global hypometabolism are left out, as in
+    every detection test. A detector's test asserts that it beats this number.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from anomaly.io import find_subjects
+    from anomaly.normative import NormativeModel
+    from anomaly.preprocess import resample_to_grid
+
+    model = NormativeModel.load(model_dir)
+    truth = Path(bids) / "derivatives" / "simulation"
+    scores, labels = [], []
+    for subject in find_subjects(bids, group="patient"):
+        prefix = truth / f"sub-{subject.label}" / f"sub-{subject.label}_desc-"
+        focal = resample_to_grid(f"{prefix}focal_mask.nii.gz", model.grid_, interpolation="nearest") > 0.5
+        changed = resample_to_grid(f"{prefix}lesion_mask.nii.gz", model.grid_, interpolation="nearest") > 0.5
+        evaluated = model.mask_ & ~(changed & ~focal)
+        pet = model.preprocess(subject.images).data[model.modalities_.index("pet")]
+        scores.append(-pet[evaluated])
+        labels.append(focal[evaluated])
+    return float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))

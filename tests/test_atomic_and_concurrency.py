@@ -136,3 +136,43 @@ def test_two_processes_scoring_the_same_subject_into_one_folder(sim_cohort, zsco
     # Both wrote the same (deterministic) result; what is left is one of them, whole.
     anomaly = nib.load(out / "sub-pt002" / f"{stem}_stat-anomaly_statmap.nii.gz").get_fdata()
     assert np.isfinite(anomaly).all() and anomaly.max() > 0
+
+
+# ------------------------------------------------------------------ model folders
+def _tensors_writer(values):
+    from anomaly.io import save_tensors
+
+    return lambda path: save_tensors({"x": np.asarray(values, np.float32)}, path)
+
+
+def test_model_folder_is_staged_then_moved_into_place(tmp_path):
+    from anomaly.io import read_model_folder, save_model_folder
+
+    folder = tmp_path / "model"
+    save_model_folder(folder, "normative", {"note": 1}, {"a.safetensors": _tensors_writer([1, 2])})
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging folder left
+    assert read_model_folder(folder, "normative").tensors("a.safetensors")["x"].tolist() == [1, 2]
+    # Saving again updates in place and keeps the folder's other files (training log...).
+    (folder / "training_log.csv").write_text("epoch\n1\n")
+    save_model_folder(folder, "normative", {"note": 2}, {"a.safetensors": _tensors_writer([3])})
+    assert sorted(p.name for p in folder.iterdir()) == ["a.safetensors", "metadata.json", "training_log.csv"]
+    found = read_model_folder(folder, "normative")
+    assert found.metadata["note"] == 2 and found.tensors("a.safetensors")["x"].tolist() == [3]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_failed_model_save_leaves_the_previous_model_or_nothing(tmp_path):
+    from anomaly.io import read_model_folder, save_model_folder
+
+    def broken(path: Path) -> None:
+        path.write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_model_folder(tmp_path / "new", "crs", {}, {"w.safetensors": broken})
+    assert list(tmp_path.iterdir()) == []
+    save_model_folder(tmp_path / "old", "crs", {"note": "old"}, {"w.safetensors": _tensors_writer([1])})
+    with pytest.raises(OSError, match="disk full"):
+        save_model_folder(tmp_path / "old", "crs", {"note": "new"}, {"w.safetensors": broken})
+    assert read_model_folder(tmp_path / "old", "crs").metadata["note"] == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly.crs import fit_crs, group_analysis, predict_crs
+from anomaly.cli.crs import fit_crs, group_analysis, predict_crs
 from anomaly.crs.synthetic import simulate_region_bags, write_scores_dir
 from anomaly.io import AnomalyInputError
 
@@ -72,7 +72,12 @@ def test_fit_crs_outputs(dataset, capsys):
     assert set(metrics["mil"]) == {"mae", "rmse", "spearman", "qwk", "auroc"}
     assert {"estimate", "ci_low", "ci_high"} <= set(metrics["ridge"]["mae"])
     cvm = pd.read_csv(model_dir / "cv_metrics.tsv", sep="\t")
-    assert list(cvm.columns) == ["model", "metric", "estimate", "ci_low", "ci_high"] and len(cvm) == 15
+    assert list(cvm.columns) == ["model", "metric", "estimate", "ci_low", "ci_high"]
+    # One row per (model, metric): the documented metrics for MIL and its two baselines.
+    from anomaly.crs.validation import METRICS
+
+    assert set(zip(cvm.model, cvm.metric)) == {(m, k) for m in ("mil", "ridge", "mean") for k in METRICS}
+    assert len(cvm) == len(METRICS) * 3
     cvp = pd.read_csv(model_dir / "cv_predictions.tsv", sep="\t")
     assert list(cvp.columns) == ["participant_id", "crs", "crs_pred_mil", "crs_pred_ridge", "crs_pred_mean"]
     meta = json.loads((model_dir / "metadata.json").read_text())
@@ -94,7 +99,14 @@ def test_predict_crs_tables_and_maps(dataset, tmp_path):
     assert list(df.columns[:4]) == ["participant_id", "crs_pred", "crs_lower", "crs_upper"]
     assert len(df) == 12 and df[["crs_pred", "crs_lower", "crs_upper"]].notna().all().all()
     assert ((df.crs_lower <= df.crs_pred) & (df.crs_pred <= df.crs_upper)).all()
-    assert df.crs_lower.min() >= 0 and df.crs_upper.max() <= 23
+    # The interval is the prediction +- the saved conformal quantile, clipped to 0..23.
+    q = json.loads((dataset["model"] / "metadata.json").read_text())["conformal"]["quantile"]
+    np.testing.assert_allclose(df.crs_lower, np.clip(df.crs_pred - q, 0, 23), atol=1e-3)
+    np.testing.assert_allclose(df.crs_upper, np.clip(df.crs_pred + q, 0, 23), atol=1e-3)
+    # Predictions on the training patients beat the mean baseline computed here.
+    truth = pd.Series(dataset["cohort"].crs, index=dataset["cohort"].bags.participant_ids)
+    y = truth.loc[df.participant_id].to_numpy(float)
+    assert np.abs(df.crs_pred - y).mean() < np.abs(y - y.mean()).mean()
     assert set(df.crs_level) <= {"UWS-like", "MCS-like"}
     written = pd.read_csv(out_tsv, sep="\t")
     assert np.allclose(written.crs_pred, df.crs_pred, atol=1e-4)
@@ -157,15 +169,26 @@ def test_group_analysis(dataset, tmp_path):
 
 
 def test_signed_glass_brain(tmp_path):
-    from anomaly.crs.maps import plot_glass_brain
+    from anomaly.cli.crs import plot_glass_brain
 
     affine = np.diag([8.0, 8.0, 8.0, 1.0])
     affine[:3, 3] = [-80, -116, -72]
     data = np.zeros((20, 24, 20), np.float32)
-    data[5:8, 10:14, 8:12] = -0.7
-    data[12:15, 10:14, 8:12] = 0.5
+    data[5:8, 10:14, 8:12] = -0.3  # left hemisphere: negative
+    data[12:15, 10:14, 8:12] = 0.3  # right hemisphere: positive
+    data[10, 20, 10] = 0.6  # sets the colour scale, so that +-0.3 are mid-scale (not white)
     out = plot_glass_brain(nib.Nifti1Image(data, affine), tmp_path / "rho.png", title="rho", signed=True)
-    assert out.is_file() and out.stat().st_size > 1000
+    from matplotlib.image import imread
+
+    pixels = imread(out)[..., :3]
+    width = pixels.shape[1]
+    body = pixels[:, : int(0.9 * width)]  # without the colour bar, which shows both colours anyway
+    cold = (body[..., 2] - body[..., 0]) > 0.3  # blue: negative values
+    warm = (body[..., 0] - body[..., 2]) > 0.3  # red: positive values
+    assert cold.sum() > 500 and warm.sum() > 500
+    # In the coronal view (left on the left), blue lies left of red.
+    coronal = slice(int(0.35 * width), int(0.6 * width))
+    assert np.nonzero(cold[:, coronal])[1].mean() + 30 < np.nonzero(warm[:, coronal])[1].mean()
 
 
 def test_group_analysis_accepts_a_dataframe(dataset, tmp_path):

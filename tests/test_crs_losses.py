@@ -44,11 +44,16 @@ def test_each_loss_decreases_and_orders(loss, rng):
     hist = model.loss_history_
     assert hist[-5:].mean() < 0.8 * hist[:5].mean()
     pred = model.predict(X)
-    assert np.isfinite(pred).all() and (pred >= 0).all() and (pred <= 23).all()
+    # predict() clips to 0..23, so a range check could only catch NaN: compare with the
+    # training-mean baseline instead (ranking-only losses are calibrated after training).
+    # Measured: MAE 0.05-0.24 of the baseline's on the training bags, 0.06-0.40 held out.
+    assert np.abs(pred - y).mean() < 0.4 * np.abs(y - y.mean()).mean()
     assert spearmanr(pred, y).statistic > 0.85
-    # A fresh draw from the same problem: the ordering generalises.
+    # A fresh draw from the same problem: the ordering and the scale generalise.
     X2, y2 = toy_bags(np.random.default_rng(7))
-    assert spearmanr(model.predict(X2), y2).statistic > 0.75
+    pred2 = model.predict(X2)
+    assert spearmanr(pred2, y2).statistic > 0.75
+    assert np.abs(pred2 - y2).mean() < 0.6 * np.abs(y2 - y.mean()).mean()
 
 
 def test_kappa_loss_is_one_minus_qwk_for_hard_predictions(rng):

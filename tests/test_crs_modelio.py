@@ -29,17 +29,18 @@ def test_round_trip_identical_predictions(saved):
     pred, lo, hi = loaded.predict_interval(cohort.bags)
     assert np.allclose(hi - lo, np.minimum(pred + 2.5, 23) - np.maximum(pred - 2.5, 0))
     meta = loaded.metadata
-    for key in ("anomaly_version", "torch_version", "params", "feature_names", "regions", "standardisation",
-                "conformal", "cv_metrics", "weights"):
+    for key in ("format", "kind", "format_version", "toolkit_version", "created", "params", "feature_names",
+                "regions", "standardisation", "conformal", "cv_metrics", "files"):
         assert key in meta
-    assert len(meta["weights"]["sha256"]) == 64
+    assert meta["kind"] == "crs" and "torch_version" in meta["created"]
+    assert len(meta["files"]["weights.safetensors"]) == 64
     assert loaded.atlas == "neuromorphometrics"
 
 
 def test_weights_are_per_member_and_not_pickled(saved):
     from safetensors.torch import load_file
 
-    _, model, folder = saved
+    _, _, folder = saved
     tensors = load_file(str(folder / "weights.safetensors"))
     assert {k.split(".")[0] for k in tensors} == {"member000", "member001", "member002"}
 
@@ -64,3 +65,46 @@ def test_incompatible_or_missing_metadata(saved, tmp_path):
         load_crs_model(folder)
     with pytest.raises(AnomalyModelError, match="metadata.json"):
         load_crs_model(tmp_path / "nowhere")
+
+
+def _as_legacy_crs(folder):
+    """Rewrite metadata.json as anomaly 0.1.0 wrote it: format, "1.0", weights{file, sha256}."""
+    meta = json.loads((folder / "metadata.json").read_text())
+    created = meta.pop("created")
+    sha = meta.pop("files")["weights.safetensors"]
+    for key in ("format", "kind", "format_version", "toolkit", "toolkit_version"):
+        meta.pop(key)
+    legacy = {"format": "anomaly-crs-model", "format_version": "1.0", "anomaly_version": "0.1.0",
+              "torch_version": created["torch_version"], **meta,
+              "weights": {"file": "weights.safetensors", "sha256": sha}}
+    (folder / "metadata.json").write_text(json.dumps(legacy))
+
+
+def test_folder_of_the_previous_layout_still_loads(saved):
+    cohort, model, folder = saved
+    _as_legacy_crs(folder)
+    loaded = load_crs_model(folder)
+    assert np.array_equal(loaded.estimator.predict(cohort.bags), model.predict(cohort.bags))
+    assert loaded.conformal_quantile == 2.5
+    w = folder / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-3] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(AnomalyModelError, match="weights.safetensors: SHA-256 does not match"):
+        load_crs_model(folder)
+
+
+def test_a_normative_model_folder_is_not_a_crs_model(saved):
+    _, _, folder = saved
+    meta = json.loads((folder / "metadata.json").read_text())
+    (folder / "metadata.json").write_text(json.dumps(dict(meta, kind="normative")))
+    with pytest.raises(AnomalyModelError, match="not an anomaly CRS-R model"):
+        load_crs_model(folder)
+
+
+def test_unknown_device_is_the_shared_input_error():
+    from anomaly.io import AnomalyInputError
+
+    cohort = simulate_region_bags(8, n_regions=4, seed=0)
+    with pytest.raises(AnomalyInputError, match="--device: expected auto, cpu or cuda; got 'tpu'"):
+        MILRegressor(epochs=1, n_seeds=1, device="tpu").fit(cohort.bags, cohort.crs)

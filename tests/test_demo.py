@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from anomaly.cli.main import main
+
+from conftest import pet_baseline_auroc
+
+
+#: Margin over the model-free baseline (voxel AUROC); measured: baseline 0.793, autoencoder 0.874.
+DETECTION_MARGIN = 0.05
 
 
 def test_quick_demo_runs_end_to_end(tmp_path, capsys):
@@ -23,14 +30,20 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
 
     summary = json.loads((out / "demo_summary.json").read_text())
     assert [c["status"] for c in summary["commands"]] == [0] * 6
-    # The autoencoder finds the simulated focal lesions well above chance.
-    assert summary["detection"]["focal_lesion_voxel_auroc"] > 0.75
+    # The autoencoder finds the simulated focal lesions better than no model at all.
+    baseline = pet_baseline_auroc(out / "normative_model", out / "bids")
+    assert baseline > 0.7, baseline  # the lesions are visible: the comparison means something
+    assert summary["detection"]["focal_lesion_voxel_auroc"] > baseline + DETECTION_MARGIN
 
     predictions = pd.read_csv(out / "crs" / "predictions.tsv", sep="\t")
     assert len(predictions) == 16
     assert ((predictions["crs_lower"] <= predictions["crs_pred"])
             & (predictions["crs_pred"] <= predictions["crs_upper"])).all()
-    assert predictions["crs_pred"].between(0, 23).all()
+    # predict() clips to 0..23, so compare with the truth instead: the regressor, trained
+    # on these patients, beats their mean CRS-R.
+    truth = pd.read_csv(out / "bids" / "participants.tsv", sep="\t", na_values="n/a").set_index("participant_id")
+    y = truth.loc[predictions["participant_id"], "crs"].to_numpy(float)
+    assert np.abs(predictions["crs_pred"] - y).mean() < np.abs(y - y.mean()).mean()
 
 
 def test_demo_refuses_a_non_empty_folder(tmp_path, capsys):

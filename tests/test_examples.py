@@ -17,11 +17,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import pet_baseline_auroc
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NUMBER = r"(-?[0-9]+(?:\.[0-9]+)?)"
+#: Cross-validated MAE gain of the CRS-R regressor over the mean baseline (points);
+#: measured 0.61 (mil 3.31, mean 3.91) in the quick example 03.
+MAE_MARGIN = 0.3
 
 
 def run_example(name: str, *args: str) -> str:
@@ -68,8 +74,11 @@ def test_01_simulate_and_fit(ex01):
     out, text = ex01
     auroc = {m: float(v) for m, v in re.findall(rf"^(zscore|ae)\s+{NUMBER}\s+[0-9.]+$", text, re.M)}
     assert set(auroc) == {"zscore", "ae"}, text
-    assert auroc["zscore"] > 0.6, text
-    assert 0.0 <= auroc["ae"] <= 1.0
+    # A detector must beat the model-free baseline (negated PET SUVR) on the same cohort.
+    # Measured: baseline 0.807, zscore 0.880, ae 0.898.
+    baseline = pet_baseline_auroc(out / "model-zscore", out / "bids")
+    for method in ("zscore", "ae"):
+        assert auroc[method] > baseline + 0.05, (method, baseline, text)
     for method in ("zscore", "ae"):
         model = NormativeModel.load(out / f"model-{method}")
         assert model.method == method and model.resolution == 4.0
@@ -80,8 +89,13 @@ def test_01_simulate_and_fit(ex01):
 def test_02_score_one_patient(tmp_path):
     text = run_example("02_score_one_patient.py", "--quick", "--out", str(tmp_path))
     level = float(re.search(rf"global cortical PET level: {NUMBER}%", text).group(1))
-    # The simulated patient keeps 45% of normal cortical metabolism.
-    assert 20.0 < level < 90.0, text
+    # The simulated patient keeps 45% of normal cortical metabolism, just above the
+    # report's 42% awareness line; measured 52.3% at 4 mm. The band lies wholly above the
+    # line, so a level on the wrong side of it fails, and well below normal (100%).
+    from anomaly.constants import AWARENESS_PERCENT
+
+    assert AWARENESS_PERCENT == 42.0
+    assert AWARENESS_PERCENT < level < 60.0, text
     rows = rows_after(text, "10 most abnormal regions")
     assert len(rows) == 10, text
     assert any("Thalamus" in row for row in rows), "the simulated thalamic lesion is not among the top regions"
@@ -97,7 +111,8 @@ def test_03_crs_regression(ex03):
     assert "loss=mse+rank, curriculum=self-paced" in text
     mae = {m: float(v) for m, v in re.findall(rf"^(mil|ridge|mean)\s+{NUMBER} \[", text, re.M)}
     assert set(mae) == {"mil", "ridge", "mean"}, text
-    assert all(0.0 <= v <= 23.0 for v in mae.values()), mae
+    # Cross-validated MAE: the regressor beats the training-fold mean computed alongside.
+    assert mae["mil"] < mae["mean"] - MAE_MARGIN, mae
     attention = rows_after(text, "Top-attention regions")
     assert len(attention) == 10, text
     values = [float(row.split()[1]) for row in attention]
@@ -116,7 +131,13 @@ def test_04_group_maps(ex03, tmp_path):
     rows = rows_after(text, "Regions most correlated with the CRS-R")
     assert len(rows) == 10, text
     q = [float(row.split()[4]) for row in rows]
-    assert all(0.0 <= v <= 1.0 for v in q), text
+    # q is Benjamini-Hochberg over every test in the table (printed to 3 digits).
+    from anomaly.crs import benjamini_hochberg
+
+    table = pd.read_csv(tmp_path / "group" / "group_correlations.tsv", sep="\t", na_values="n/a")
+    table = table.dropna(subset=["p"]).assign(q_bh=lambda t: benjamini_hochberg(t["p"].to_numpy()))
+    expected = table.sort_values("p")["q_bh"].head(10).to_numpy()
+    assert np.allclose(q, expected, rtol=5e-3), (q, expected)
     # The simulated CRS-R depends on brainstem, thalamic... damage: some must show up.
     assert any(row.rstrip().endswith("yes") for row in rows), text
     group = tmp_path / "group"

@@ -166,3 +166,30 @@ def test_peak_slices_of_an_empty_map(tmp_path, anomaly_img, captured):
     empty = nib.Nifti1Image(np.zeros(SHAPE, np.float32), anomaly_img.affine)
     assert_png(plotting.plot_peak_slices(empty, None, tmp_path / "e.png"))
     assert "empty map" in captured[0]["texts"]
+
+
+def test_docstrings_have_the_shared_parameter_docs():
+    """fill_doc replaced every %(name)s placeholder, indented like the rest."""
+    from anomaly.report._docs import DOCDICT, fill_doc
+
+    for name in plotting.__all__:
+        doc = getattr(plotting, name).__doc__
+        assert "%(" not in doc, name
+    assert "\n    out_png : path\n        PNG file to write" in plotting.plot_loss_curve.__doc__
+
+    def documented():
+        """Nothing.
+
+        Parameters
+        ----------
+        %(dpi)s
+        """
+
+    assert fill_doc(documented).__doc__.endswith(
+        "        " + DOCDICT["dpi"].replace("\n", "\n        ") + "\n        ")
+
+    def typo():
+        """%(no_such_parameter)s"""
+
+    with pytest.raises(KeyError):
+        fill_doc(typo)

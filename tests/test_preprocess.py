@@ -63,9 +63,25 @@ def test_make_grid(resolution):
     assert make_grid(resolution) is grid  # cached
 
 
-def test_make_grid_2mm_shape():
-    assert make_grid(2.0).shape == (80, 96, 88)
-    assert make_grid(2.0, multiple=1).shape == (77, 96, 82)
+@pytest.mark.parametrize("resolution", [2.0, 3.0, 4.0])
+def test_make_grid_shape_follows_the_mni_bounding_box(resolution):
+    """The shape derived from nilearn's 1 mm MNI152 brain mask and make_grid's documented
+    rule: voxel centres on multiples of the resolution, the brain's bounding box plus two
+    voxels, each side padded up to a multiple of 8."""
+    from nilearn.datasets import load_mni152_brain_mask
+
+    mask = load_mni152_brain_mask(resolution=1)
+    ijk = np.argwhere(np.asarray(mask.dataobj) > 0)
+    corners = nib.affines.apply_affine(mask.affine, np.stack([ijk.min(0), ijk.max(0)]))
+    lo_mm, hi_mm = corners.min(0), corners.max(0)
+    first = np.floor(lo_mm / resolution - 2)  # voxel index (in steps from the origin) of each side
+    last = np.ceil(hi_mm / resolution + 2)
+    unpadded = (last - first + 1).astype(int)
+    assert make_grid(resolution, multiple=1).shape == tuple(unpadded)
+    assert make_grid(resolution).shape == tuple(int(-(-n // 8) * 8) for n in unpadded)
+    # make_grid's docstring example for the default 2 mm grid.
+    if resolution == 2.0:
+        assert make_grid(2.0).shape == (80, 96, 88)
 
 
 @pytest.mark.parametrize(

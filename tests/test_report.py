@@ -242,3 +242,23 @@ def test_browser_dom_has_escaped_text_and_no_script(tmp_path, report):
     assert dom.count("<img ") == 1 and 'src="data:image/png;base64,' in dom
     for section in ("subject", "model", "metabolism", "crs", "figures", "regions", "qc"):
         assert f'id="{section}"' in dom
+
+
+def test_demo_index_links_outputs_and_shows_headline_numbers(tmp_path, figure_png):
+    from anomaly.report.html import render_demo_index
+
+    (tmp_path / "scores").mkdir()
+    (tmp_path / "scores" / "index.html").write_text("<html></html>")
+    out = render_demo_index(
+        tmp_path / "index.html", cohort="16 controls, 16 patients, 4 mm",
+        headline={"CRS-R mil_x mae (kfold:4 CV)": "3.21 [2.50, 4.00]", "Total run time": "12 s"},
+        outputs=[(tmp_path / "scores" / "index.html", "Per-patient <reports>")],
+        figures=[figure_png], commands=[("anomaly simulate 'a b' <x>", 12.4)])
+    parsed = parse(out)
+    assert [a["href"] for tag, a in parsed.tags if tag == "a"] == ["scores/index.html"]
+    assert [tag for tag, _ in parsed.tags].count("img") == 1
+    text = " ".join("".join(parsed.text).split())
+    assert "(16 controls, 16 patients, 4 mm)" in text
+    assert "CRS-R mil_x mae (kfold:4 CV)3.21 [2.50, 4.00]" in text  # labels kept as given
+    assert "Per-patient <reports>" in text and "$ anomaly simulate 'a b' <x> # 12 s" in text
+    assert "<script" not in out.read_text().lower() and not re.search(r"https?://", out.read_text())

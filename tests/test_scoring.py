@@ -1,4 +1,4 @@
-"""Tests for `anomaly score` (anomaly.cli.scoring): region tables, outputs, shards, BIDS-App form.
+"""Tests for `anomaly score` (anomaly.cli.score, .scoring): region tables, outputs, shards, BIDS-App form.
 
 The scoring runs reuse the session fixtures of conftest.py (simulated 4 mm cohort and
 its fitted z-score model): one sharded run of the whole cohort with figures, shared by
@@ -21,13 +21,12 @@ import pytest
 from PIL import Image
 from scipy.stats import spearmanr
 
-from anomaly.atlas import Atlas
+from anomaly.atlas import Atlas, RegionStats, region_table, round_table
 from anomaly.cli.main import main
+from anomaly.cli.score import ScoreJob, jobs_from_inputs, shard_jobs, write_index
 from anomaly.io import AnomalyInputError, find_subjects
 from anomaly.normative import SubjectScore
 from anomaly.preprocess import Grid
-from anomaly.cli.scoring import (RegionStats, ScoreJob, jobs_from_inputs, region_table, round_table, shard_jobs,
-                             write_index)
 
 SPACE = "space-MNI152NLin2009cAsym"
 MODALITIES = ["T1w", "FLAIR", "pet"]
@@ -313,6 +312,52 @@ def test_missing_pet_gives_na_columns_in_the_written_table(sim_cohort, zscore_mo
     assert (out / "index.html").is_file()  # listed even without a report
 
 
+def small_bids(sim_cohort: Path, folder: Path, labels: list[str]) -> Path:
+    """A BIDS dataset with some subjects of the shared cohort (copied, so it can change)."""
+    folder.mkdir()
+    for name in ("dataset_description.json", "participants.json"):
+        if (sim_cohort / name).exists():
+            shutil.copy(sim_cohort / name, folder / name)
+    table = pd.read_csv(sim_cohort / "participants.tsv", sep="\t", dtype=str, keep_default_na=False)
+    table[table.participant_id.isin(labels)].to_csv(folder / "participants.tsv", sep="\t", index=False)
+    for label in labels:
+        shutil.copytree(sim_cohort / label, folder / label)
+    return folder
+
+
+def test_bids_subject_lacking_a_modality_several_atlases_and_groups(sim_cohort, zscore_model_dir, tmp_path):
+    """`score BIDS --group all --atlas A B`: a patient without PET is scored from the rest;
+    each atlas gets its table; --group picks the subjects."""
+    bids = small_bids(sim_cohort, tmp_path / "bids", ["sub-hc001", "sub-pt001", "sub-pt002"])
+    for pet in (bids / "sub-pt002").rglob("*_pet.nii*"):
+        pet.unlink()
+    runs = {"all": ["--atlas", "neuromorphometrics", "aal"], "control": [], "patient": []}
+    for group, extra in runs.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # atlas regions lost at 4 mm
+            code = main(["score", str(bids), "--model", str(zscore_model_dir), "--out", str(tmp_path / group),
+                         "--group", group, "--no-figures", "--quiet", *extra])
+        assert code == 0
+    scored = {g: sorted(p.name for p in (tmp_path / g).glob("sub-*")) for g in runs}
+    assert scored == {"all": ["sub-hc001", "sub-pt001", "sub-pt002"], "control": ["sub-hc001"],
+                      "patient": ["sub-pt001", "sub-pt002"]}
+    out = tmp_path / "all"
+    for sub in scored["all"]:
+        for atlas in ("neuromorphometrics", "aal"):
+            table = read_tsv_text(out / sub / f"{sub}_{SPACE}_atlas-{atlas}_regions.tsv")
+            names = pd.read_csv(Path(__file__).resolve().parents[1] / "atlases" / f"atlas-{atlas}_dseg.tsv",
+                                sep="\t")["name"]
+            assert set(table["name"]) <= set(names) and len(table) > 0.8 * len(names)
+        pet = [c for c in table.columns if c.startswith("pet_")]
+        values = json.loads((out / sub / f"{sub}_scores.json").read_text())
+        if sub == "sub-pt002":  # no PET: n/a in the PET columns, every other value scored
+            assert values["modalities_missing"] == ["pet"] and (table[pet] == "n/a").all().all()
+            assert not list((out / sub).glob("*mod-pet*"))
+            assert (out / sub / f"{sub}_{SPACE}_mod-T1w_stat-z_statmap.nii.gz").is_file()
+        else:
+            assert values["modalities_missing"] == [] and not (table[pet] == "n/a").any().any()
+
+
 def test_modality_option_for_files_without_bids_names(sim_cohort, zscore_model_dir, tmp_path):
     patient = find_subjects(sim_cohort, group="patient")[1]
     loose = tmp_path / "scans"
@@ -401,7 +446,7 @@ def test_glass_brain_renderer_draws_the_same_png(scored_cohort, tmp_path):
 def test_voxels_outside_the_pet_field_of_view_are_not_scored(sim_cohort, zscore_model_dir, tmp_path):
     """A PET cut above z = 20 mm: no PET z there, the regions up there are n/a for PET only."""
     from anomaly.normative import NormativeModel
-    from anomaly.cli.scoring import Scorer
+    from anomaly.cli.scorer import Scorer
 
     patient = find_subjects(sim_cohort, group="patient")[3]
     img = nib.load(patient.images["pet"])
@@ -438,7 +483,7 @@ def test_crs_model_prediction_goes_into_scores_and_report(sim_cohort, zscore_mod
     """--crs-model: the CRS package gets the written tables and subject values; the report shows it."""
     import anomaly.crs
     from anomaly.normative import NormativeModel
-    from anomaly.cli.scoring import Scorer
+    from anomaly.cli.scorer import Scorer
 
     seen = {}
 

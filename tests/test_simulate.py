@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from anomaly.atlas import Atlas
 from anomaly.io import AnomalyInputError
-from anomaly.simulate.cohort import (
+from anomaly.simulate import (
     CAUSAL_FAMILIES,
     DISTRACTOR_REGIONS,
     CRSModel,
@@ -111,6 +111,7 @@ def test_participants_table(cohort):
     patients = table[table["group"] == "patient"]
     assert (controls["crs"] == "n/a").all()
     crs = patients["crs"].astype(int)
+    # Deliberate range check: 0..23 is the label contract of participants.tsv (not a model output).
     assert crs.between(0, 23).all()
 
 
@@ -150,12 +151,12 @@ def test_refuses_a_non_empty_folder(tmp_path):
 
 
 def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
-    import anomaly.simulate.cohort as simulate
+    import anomaly.simulate.writer as writer
 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(simulate, "_write_tables", fail)
+    monkeypatch.setattr(writer, "write_tables", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         simulate_cohort(tmp_path / "out", n_healthy=1, n_patients=0, resolution=RES, progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,4 @@
-"""Stage 2 of the pipeline: atlas regions and every per-region number.
+"""Stage 3 of the pipeline: atlas regions and every per-region number.
 
 :class:`Atlas` loads shipped and user atlases (label image + BIDS ``dseg.tsv`` table);
 :mod:`anomaly.atlas.regions` owns region statistics, region tables, painting values

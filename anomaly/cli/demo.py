@@ -1,7 +1,8 @@
 """``anomaly demo``: the whole toolkit on a simulated cohort, in one command.
 
-The demo runs exactly the commands a user would run on their own BIDS dataset, and
-prints each one before it runs, so that it doubles as a tutorial:
+The demo runs exactly the commands a user would run on their own BIDS dataset (their
+command functions, :data:`anomaly.cli.commands.PIPELINE`, in-process), and prints each
+command line before it runs, so that it doubles as a tutorial:
 
 1. ``anomaly simulate``       a cohort of controls and coma patients with ground truth
 2. ``anomaly fit-normative``  the denoising autoencoder on the controls
@@ -16,7 +17,6 @@ detection against the simulator's ground truth and the cross-validated CRS-R met
 
 from __future__ import annotations
 
-import html
 import json
 import shlex
 import time
@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from anomaly.cli.commands import PIPELINE
+from anomaly.cli.parser import build_parser
+from anomaly.cli.status import EXIT_OK, CommandFailed, run_guarded
 from anomaly.io import AnomalyInputError, check_output_dir, write_text
 
 
@@ -47,22 +50,26 @@ FULL = DemoSize(healthy=50, patients=50, resolution=3.0, epochs=20, cv="loo", se
 QUICK = DemoSize(healthy=16, patients=16, resolution=4.0, epochs=8, cv="kfold:4", seeds=2, crs_epochs=80)
 
 
-def _run(argv: list[str], log: list[dict], progress: bool) -> None:
-    """Run one CLI command in-process, echo it, and stop the demo if it fails."""
-    from anomaly.cli.main import main
+def _run(argv: list[str], log: list[dict], progress: bool, debug: bool = False) -> None:
+    """Run one pipeline command in-process, echo it, and stop the demo if it fails.
 
+    The echoed line is the command a user would type; the CLI's own parser turns it
+    into the arguments of the command function, so the line states exactly what runs.
+    Errors print the command's own one-line message (:func:`anomaly.cli.status.run_guarded`).
+    """
     shown = "anomaly " + " ".join(shlex.quote(a) for a in argv)
     print(f"\n$ {shown}", flush=True)
     t0 = time.perf_counter()
-    status = main(argv + ([] if progress else ["--quiet"]))
+    args = build_parser().parse_args(argv + ([] if progress else ["--quiet"]))
+    status = run_guarded(args.command, lambda: PIPELINE[args.command](args), debug=debug)
     seconds = time.perf_counter() - t0
     log.append({"command": shown, "seconds": seconds, "status": status})
-    if status != 0:
-        raise RuntimeError(f"demo step failed with exit status {status}: {shown}")
+    if status != EXIT_OK:
+        raise CommandFailed(f"demo step failed with exit status {status}: {shown}", status)
 
 
 def run_demo(out: str | Path = "anomaly_demo", *, quick: bool = False, seed: int = 0,
-             progress: bool = True) -> Path:
+             progress: bool = True, debug: bool = False) -> Path:
     """Run the demo into ``out`` and return the path of its index.html.
 
     Parameters
@@ -75,6 +82,13 @@ def run_demo(out: str | Path = "anomaly_demo", *, quick: bool = False, seed: int
         Seed of the simulation and of every model.
     progress : bool
         Show progress bars.
+    debug : bool
+        Let a failing step raise with its traceback instead of its one-line message.
+
+    Raises
+    ------
+    CommandFailed
+        A step failed (its message is printed); ``status`` is its exit status.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -88,17 +102,17 @@ def run_demo(out: str | Path = "anomaly_demo", *, quick: bool = False, seed: int
     start = time.perf_counter()
     res = f"{size.resolution:g}"
     _run(["simulate", str(bids), "--healthy", str(size.healthy), "--patients", str(size.patients),
-          "--resolution", res, "--seed", str(seed), "--jobs", "2"], log, progress)
+          "--resolution", res, "--seed", str(seed), "--jobs", "2"], log, progress, debug)
     _run(["fit-normative", str(bids), "--out", str(model), "--method", "ae", "--resolution", res,
-          "--epochs", str(size.epochs), "--seed", str(seed), "--device", "auto"], log, progress)
-    _run(["score", str(bids), "--model", str(model), "--out", str(scores)], log, progress)
+          "--epochs", str(size.epochs), "--seed", str(seed), "--device", "auto"], log, progress, debug)
+    _run(["score", str(bids), "--model", str(model), "--out", str(scores)], log, progress, debug)
     _run(["fit-crs", str(scores), "--participants", str(participants), "--out", str(crs_model),
           "--cv", size.cv, "--seeds", str(size.seeds), "--seed", str(seed), "--jobs", "2"]
-         + ([] if size.crs_epochs is None else ["--epochs", str(size.crs_epochs)]), log, progress)
+         + ([] if size.crs_epochs is None else ["--epochs", str(size.crs_epochs)]), log, progress, debug)
     _run(["predict", str(scores), "--model", str(crs_model), "--out", str(crs_dir / "predictions.tsv")],
-         log, progress)
+         log, progress, debug)
     _run(["group", str(scores), "--participants", str(participants), "--out", str(group),
-          "--crs-model", str(crs_model)], log, progress)
+          "--crs-model", str(crs_model)], log, progress, debug)
     detection = detection_summary(bids, scores)
     index = write_demo_index(out, size=size, log=log, detection=detection,
                              seconds=time.perf_counter() - start)
@@ -135,15 +149,41 @@ def detection_summary(bids: Path, scores: Path) -> dict:
     return {"focal_lesion_voxel_auroc": float(roc_auc_score(y, s)), "n_patients": len(labels)}
 
 
-def write_demo_index(out: Path, *, size: DemoSize, log: list[dict], detection: dict, seconds: float) -> Path:
-    """index.html linking every demo output, with the headline metrics."""
-    def link(path: Path, text: str) -> str:
-        return f'<a href="{html.escape(str(path.relative_to(out)))}">{html.escape(text)}</a>'
+#: Outputs linked from the demo's index.html (those written), relative to the demo folder.
+DEMO_OUTPUTS = (
+    ("scores/index.html", "Per-patient reports (anomaly maps, regions, global metabolism)"),
+    ("normative_model/loss_curve.png", "Autoencoder training curve"),
+    ("crs_model/cv_metrics.tsv", "CRS-R cross-validated metrics with baselines"),
+    ("crs_model/cv_predictions.tsv", "CRS-R out-of-fold predictions"),
+    ("crs/predictions.tsv", "CRS-R predictions with intervals"),
+    ("group/group_correlations.tsv", "Region-wise correlation of anomaly with the CRS-R"),
+    ("bids/participants.tsv", "Simulated participants"),
+    ("bids/derivatives/simulation/truth.tsv", "Simulation ground truth"),
+)
 
-    parts = ["<h2>Headline numbers</h2><table>"]
+
+def write_demo_index(out: Path, *, size: DemoSize, log: list[dict], detection: dict, seconds: float) -> Path:
+    """index.html linking every demo output, with the headline metrics; and demo_summary.json."""
+    from anomaly.report.html import render_demo_index
+
+    path = render_demo_index(
+        out / "index.html",
+        cohort=f"{size.healthy} controls, {size.patients} patients, {size.resolution:g} mm",
+        headline=_headline_numbers(out, size, detection, seconds),
+        outputs=[(out / rel, text) for rel, text in DEMO_OUTPUTS if (out / rel).exists()],
+        figures=sorted((out / "group").glob("*.png")),
+        commands=[(entry["command"], entry["seconds"]) for entry in log])
+    write_text(json.dumps({"size": size.__dict__, "commands": log, "detection": detection}, indent=2),
+               out / "demo_summary.json")
+    return path
+
+
+def _headline_numbers(out: Path, size: DemoSize, detection: dict, seconds: float) -> dict[str, str]:
+    """Label -> formatted value: lesion detection, cross-validated CRS-R metrics, run time."""
+    headline = {}
     if detection:
-        parts.append(f"<tr><th>Focal-lesion voxel AUROC (simulated ground truth, "
-                     f"{detection['n_patients']} patients)</th><td>{detection['focal_lesion_voxel_auroc']:.3f}</td></tr>")
+        headline[f"Focal-lesion voxel AUROC (simulated ground truth, {detection['n_patients']} patients)"] = \
+            f"{detection['focal_lesion_voxel_auroc']:.3f}"
     metrics_path = out / "crs_model" / "cv_metrics.tsv"
     if metrics_path.exists():
         metrics = pd.read_csv(metrics_path, sep="\t")
@@ -151,46 +191,7 @@ def write_demo_index(out: Path, *, size: DemoSize, log: list[dict], detection: d
             # The training-mean baseline has no ranking (its LOO Spearman is an artefact).
             wanted = ("mae",) if row.get("model") == "mean" else ("mae", "spearman")
             if str(row.get("metric")).lower() in wanted:
-                parts.append(f"<tr><th>CRS-R {html.escape(str(row['model']))} {html.escape(str(row['metric']))} "
-                             f"({size.cv} CV)</th><td>{row['estimate']:.2f} "
-                             f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]</td></tr>")
-    parts.append(f"<tr><th>Total run time</th><td>{seconds:.0f} s</td></tr></table>")
-    parts.append("<h2>Outputs</h2><ul>")
-    for path, text in [
-        (out / "scores" / "index.html", "Per-patient reports (anomaly maps, regions, global metabolism)"),
-        (out / "normative_model" / "loss_curve.png", "Autoencoder training curve"),
-        (out / "crs_model" / "cv_metrics.tsv", "CRS-R cross-validated metrics with baselines"),
-        (out / "crs_model" / "cv_predictions.tsv", "CRS-R out-of-fold predictions"),
-        (out / "crs" / "predictions.tsv", "CRS-R predictions with intervals"),
-        (out / "group" / "group_correlations.tsv", "Region-wise correlation of anomaly with the CRS-R"),
-        (out / "bids" / "participants.tsv", "Simulated participants"),
-        (out / "bids" / "derivatives" / "simulation" / "truth.tsv", "Simulation ground truth"),
-    ]:
-        if path.exists():
-            parts.append(f"<li>{link(path, text)}</li>")
-    parts.append("</ul>")
-    group_pngs = sorted((out / "group").glob("*.png"))
-    if group_pngs:
-        parts.append("<h2>Group maps</h2>")
-        for png in group_pngs:
-            parts.append(f'<figure><img src="{html.escape(str(png.relative_to(out)))}" '
-                         f'alt="{html.escape(png.stem)}" style="max-width:100%"><figcaption>'
-                         f"{html.escape(png.stem)}</figcaption></figure>")
-    parts.append("<h2>Commands run</h2><pre>")
-    for entry in log:
-        parts.append(f"$ {html.escape(entry['command'])}    # {entry['seconds']:.0f} s\n")
-    parts.append("</pre>")
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>anomaly demo</title>"
-            "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
-            "th{text-align:left;padding-right:2em;font-weight:normal}td{font-weight:bold}"
-            "pre{background:#f4f4f4;padding:1em;overflow-x:auto}</style></head><body>"
-            "<h1>anomaly demo</h1><p>A simulated cohort of controls and coma patients, the normative "
-            f"autoencoder, anomaly maps, the CRS-R regressor and group analysis "
-            f"({size.healthy} controls, {size.patients} patients, {size.resolution:g} mm).</p>"
-            + "".join(parts) + "</body></html>")
-    path = out / "index.html"
-    write_text(page, path)
-    write_text(json.dumps({"size": size.__dict__, "commands": log, "detection": detection}, indent=2),
-               out / "demo_summary.json")
-    return path
-
+                headline[f"CRS-R {row['model']} {row['metric']} ({size.cv} CV)"] = \
+                    f"{row['estimate']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+    headline["Total run time"] = f"{seconds:.0f} s"
+    return headline

@@ -1,9 +1,9 @@
 """Command line interface: ``anomaly <command> ...`` (also ``python -m anomaly``).
 
-This module only parses arguments and wires the library together; heavy libraries
-(torch, nilearn, ...) are imported inside the command functions so that ``--help``
-answers at once. Bad input ends with one line on stderr and exit status 2; ``--debug``
-shows the traceback instead.
+:func:`main` parses the arguments (:mod:`anomaly.cli.parser`) and runs one command
+function (:mod:`anomaly.cli.commands`, :mod:`anomaly.cli.demo`) under the error guard
+of :mod:`anomaly.cli.status`: bad input ends with one line on stderr and exit status 2;
+``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -11,303 +11,29 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
-from anomaly import __version__
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
-COMMANDS = ("simulate", "fit-normative", "score", "fit-crs", "predict", "group", "demo")
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line (no usage block), exit status 2."""
-
-    def error(self, message: str):  # noqa: D102 - argparse API
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+from anomaly.cli.commands import PIPELINE
+from anomaly.cli.parser import bids_app_argv, build_parser
+from anomaly.cli.status import EXIT_BAD_INPUT, EXIT_OK, run_guarded
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
     return f"anomaly: warning: {message}\n"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text}")
-    return value
-
-
-def _resolution(text: str) -> float:
-    value = float(text)
-    if not 1.0 <= value <= 8.0:
-        raise argparse.ArgumentTypeError(f"expected a voxel size in mm between 1 and 8; got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1; got {text}")
-    return value
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4; got {text!r}") from None
-    if count < 1 or not 0 <= index < count:
-        raise argparse.ArgumentTypeError(f"expected 0 <= I < N in I/N; got {text!r}")
-    return index, count
-
-
-# --------------------------------------------------------------------------- parsers
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (one subparser per command)."""
-    parser = _Parser(prog="anomaly", description=(
-        "Weakly supervised brain anomaly detection: normative models of healthy brains, "
-        "atlas-region anomaly scores and CRS-R regression."))
-    parser.add_argument("--version", action="version", version=f"anomaly {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    common.add_argument("--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    p = sub.add_parser("simulate", parents=[common], help="write a simulated BIDS cohort with ground truth",
-                       description="Simulate healthy and coma cohorts (T1w, FLAIR, FDG PET) in MNI space, "
-                                   "with lesion masks and true CRS-R under derivatives/simulation/.")
-    p.add_argument("out_dir", type=Path, help="new (or empty) output folder")
-    p.add_argument("--healthy", type=int, default=20, help="number of controls (default 20)")
-    p.add_argument("--patients", type=int, default=10, help="number of patients (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--resolution", type=_resolution, default=2.0, help="voxel size in mm (default 2)")
-    p.add_argument("--label-noise", type=float, default=1.5, help="SD of CRS-R label noise (default 1.5)")
-    p.add_argument("--missing-fraction", type=float, default=0.1,
-                   help="fraction of patients missing one modality (default 0.1)")
-    p.add_argument("--jobs", type=_positive_int, default=1, help="worker processes (default 1)")
-
-    p = sub.add_parser("fit-normative", parents=[common], help="train a normative model on the controls",
-                       description="Fit a normative model on the participants whose group is 'control'.")
-    p.add_argument("bids_dir", type=Path, help="BIDS dataset with participants.tsv")
-    p.add_argument("--out", type=Path, required=True, help="model folder to write")
-    p.add_argument("--method", choices=("ae", "zscore"), default="ae",
-                   help="denoising autoencoder (default) or voxelwise z-score model")
-    p.add_argument("--modalities", nargs="+", metavar="M",
-                   help="BIDS suffixes to model (default: all that every control has)")
-    p.add_argument("--resolution", type=_resolution, default=2.0, help="model grid voxel size in mm (default 2)")
-    p.add_argument("--epochs", type=_positive_int, default=20, help="training epochs (default 20)")
-    p.add_argument("--batch-size", type=_positive_int, default=2, help="subjects per batch (default 2)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-    p.add_argument("--val-fraction", type=_fraction, default=0.2,
-                   help="controls held out for validation and calibration (default 0.2)")
-    p.add_argument("--pet-reference", choices=("cerebellum", "brainstem", "global"), default="cerebellum",
-                   help="PET SUVR reference region (default cerebellum)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted training in --out")
-    p.add_argument("--keep-cache", action="store_true", help="keep preprocessed arrays in --out/cache")
-
-    p = sub.add_parser("score", parents=[common], help="anomaly maps, region tables and reports",
-                       description="Score subjects: INPUT is one subject's NIfTI file(s) or a BIDS dataset "
-                                   "folder (all patients, or --participant-label). The BIDS-App form "
-                                   "'anomaly BIDS_DIR OUT_DIR participant --model M [...]' does the same.")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                   help="NIfTI file(s) of one subject (sub-<label>_<suffix>.nii.gz, or see --modality), "
-                        "or one BIDS dataset folder")
-    p.add_argument("--model", type=Path, required=True, help="normative model folder")
-    p.add_argument("--out", type=Path, required=True, help="output folder (BIDS derivatives)")
-    p.add_argument("--atlas", nargs="+", default=None, metavar="NAME|PATH",
-                   help="atlas name(s) or label image path(s) (default neuromorphometrics)")
-    p.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
-                   help="subjects to score (with or without 'sub-')")
-    p.add_argument("--modality", nargs="+", metavar="M",
-                   help="modality (BIDS suffix: T1w, FLAIR, pet...) of each input file, in order, "
-                        "when the file names have no BIDS suffix")
-    p.add_argument("--subject", metavar="LABEL", help="subject label for file inputs without sub-<label>")
-    p.add_argument("--age", type=float, help="age of a single subject given as files")
-    p.add_argument("--sex", choices=("M", "F"), help="sex of a single subject given as files")
-    p.add_argument("--group", choices=("patient", "control", "all"), default="patient",
-                   help="which participants of a BIDS dataset to score (default patient)")
-    p.add_argument("--shard", type=_shard, metavar="I/N",
-                   help="score only subjects I, I+N, I+2N... of the sorted list (I is 0-based: "
-                        "shards 0/N..N-1/N together score every subject once; e.g. "
-                        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-(N-1)); "
-                        "shards may share --out")
-    p.add_argument("--crs-model", type=Path, help="CRS-R model folder: add the prediction to reports")
-    p.add_argument("--no-figures", action="store_true",
-                   help="skip figures and HTML reports (faster; maps and tables are still written)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
-
-    p = sub.add_parser("fit-crs", parents=[common], help="train and cross-validate the CRS-R regressor",
-                       description="Fit the multiple-instance attention regressor of the CRS-R on region "
-                                   "tables, with cross-validated metrics and baselines.")
-    p.add_argument("scores_dir", type=Path, help="output folder of 'anomaly score'")
-    p.add_argument("--participants", type=Path, required=True, help="participants.tsv with crs")
-    p.add_argument("--out", type=Path, required=True, help="CRS model folder to write")
-    p.add_argument("--loss", default="mse",
-                   help="loss or weighted sum, e.g. mse, huber, coral, corn, rank, kappa, soft, "
-                        "'coral+rank', 'mse:1,rank:0.5' (default mse)")
-    p.add_argument("--cv", default="loo", help="loo, kfold:K or kfold:KxR (default loo)")
-    p.add_argument("--atlas", help="atlas of the region tables (default: the only one present)")
-    p.add_argument("--lds", action="store_true", help="label distribution smoothing reweighting")
-    p.add_argument("--curriculum", choices=("none", "confidence", "self-paced", "random"), default="none",
-                   help="training order schedule; 'random' is the growing-set control (default none)")
-    p.add_argument("--seeds", type=_positive_int, default=5, help="ensemble members (default 5)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: model's)")
-    p.add_argument("--mcs-cut", type=int, default=8, help="CRS-R cut for MCS-level AUROC (default 8)")
-    p.add_argument("--features", metavar="LIST",
-                   help="region-table columns given to the regressor and the ridge baseline, comma-separated, "
-                        "or 'all' (default anomaly_mean)")
-    p.add_argument("--global-features", metavar="LIST",
-                   help="subject-level values of sub-<label>_scores.json, comma-separated, 'all' or 'none' "
-                        "(default global_cortical_pet_percent where present)")
-    p.add_argument("--jobs", type=_positive_int, default=1,
-                   help="cross-validation folds fitted in parallel processes (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-
-    p = sub.add_parser("predict", parents=[common], help="predict the CRS-R with explanation maps")
-    p.add_argument("scores_dir", type=Path, help="output folder of 'anomaly score'")
-    p.add_argument("--model", type=Path, required=True, help="CRS model folder from fit-crs")
-    p.add_argument("--out", type=Path, required=True, help="predictions TSV to write")
-    p.add_argument("--maps-dir", type=Path, help="explanation maps folder (default: the TSV's folder)")
-    p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="subjects to predict")
-
-    p = sub.add_parser("group", parents=[common], help="group maps and region correlations with the CRS-R")
-    p.add_argument("scores_dir", type=Path, help="output folder of 'anomaly score'")
-    p.add_argument("--participants", type=Path, required=True, help="participants.tsv with crs")
-    p.add_argument("--out", type=Path, required=True, help="group output folder")
-    p.add_argument("--atlas", help="atlas of the region tables (default: the only one present)")
-    p.add_argument("--crs-model", type=Path, help="CRS model folder: add the cohort mean attention")
-
-    p = sub.add_parser("demo", parents=[common], help="run the whole toolkit on a simulated cohort")
-    p.add_argument("--out", type=Path, default=Path("anomaly_demo"), help="output folder (default ./anomaly_demo)")
-    p.add_argument("--quick", action="store_true", help="smaller cohort and model (about 2 minutes)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    return parser
-
-
-def _bids_app_argv(argv: list[str]) -> list[str]:
-    """Translate ``anomaly BIDS_DIR OUT_DIR participant ...`` (BIDS-App form) to ``score``.
-
-    The BIDS-App specification puts the three positional arguments first; options
-    (``--participant_label``, ``--model``...) follow and are passed on unchanged. Flags
-    without a value (``--debug``, ``--quiet``, ``--no-figures``) may also come first.
-    """
-    flags = [a for a in argv[:3] if a in _BIDS_APP_LEADING_FLAGS]
-    rest = argv[len(flags):] if argv[:len(flags)] == flags else argv
-    if len(rest) >= 3 and rest[0] not in COMMANDS and not any(a.startswith("-") for a in rest[:3]) \
-            and rest[2] == "participant":
-        return ["score", rest[0], "--out", rest[1], *flags, *rest[3:]]
-    return argv
-
-
-_BIDS_APP_LEADING_FLAGS = ("--debug", "--quiet", "--no-figures")
-
-
-# --------------------------------------------------------------------------- commands
-def _cmd_simulate(args) -> int:
-    from anomaly.simulate.cohort import simulate_cohort
-
-    out = simulate_cohort(args.out_dir, n_healthy=args.healthy, n_patients=args.patients, seed=args.seed,
-                          resolution=args.resolution, label_noise_sd=args.label_noise,
-                          missing_fraction=args.missing_fraction, n_jobs=args.jobs,
-                          progress=not args.quiet)
-    print(f"simulated {args.healthy} controls and {args.patients} patients in {out}")
-    return 0
-
-
-def _cmd_fit_normative(args) -> int:
-    import shutil
-
-    from anomaly.io import AnomalyInputError, check_output_dir, find_subjects
-
-    subjects = find_subjects(args.bids_dir, group="control")
-    created = not args.out.exists()
-    out = check_output_dir(args.out, inputs=[args.bids_dir])
-    try:
-        model = _fit_normative_model(args, subjects, out)
-    except AnomalyInputError:
-        if created:  # leave nothing half-written behind
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    from anomaly.normative.trainer import init_distributed
-
-    if not init_distributed(args.device).is_main:
-        return 0
-    model.save(out)
-    if model.history_:
-        from anomaly.report.figures import plot_loss_curve
-
-        plot_loss_curve(out / "training_log.csv", out / "loss_curve.png")
-    (out / "checkpoint.pt").unlink(missing_ok=True)
-    print(f"wrote {args.method} model ({', '.join(model.modalities_)}; "
-          f"{model.n_train_} training / {model.n_calibration_} calibration controls) to {out}")
-    return 0
-
-
-def _fit_normative_model(args, subjects, out):
-    from anomaly.normative import NormativeModel
-
-    model = NormativeModel(args.method, modalities=args.modalities, resolution=args.resolution,
-                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           val_fraction=args.val_fraction, pet_reference=args.pet_reference,
-                           seed=args.seed, device=args.device)
-    return model.fit(subjects, workdir=out, resume=args.resume, progress=not args.quiet,
-                     num_workers=args.workers, keep_cache=args.keep_cache)
-
-
-def _cmd_score(args) -> int:
-    from anomaly.cli.scoring import score_command
-
-    return score_command(
-        args.inputs, model_dir=args.model, out_dir=args.out, atlases=args.atlas,
-        participant_labels=args.participant_label, modalities=args.modality, subject=args.subject,
-        age=args.age, sex=args.sex, group=args.group, shard=args.shard, crs_model=args.crs_model,
-        figures=not args.no_figures, device=args.device, progress=not args.quiet)
-
-
-def _cmd_fit_crs(args) -> int:
-    from anomaly.crs import fit_crs
-
-    kwargs = {} if args.epochs is None else {"epochs": args.epochs}
-    fit_crs(args.scores_dir, args.participants, args.out, loss=args.loss, cv=args.cv, atlas=args.atlas,
-            lds=args.lds, curriculum=None if args.curriculum == "none" else args.curriculum,
-            n_seeds=args.seeds, mcs_cut=args.mcs_cut, seed=args.seed, features=args.features,
-            global_features=args.global_features, n_jobs=args.jobs, progress=not args.quiet, **kwargs)
-    return 0
-
-
-def _cmd_predict(args) -> int:
-    from anomaly.crs import predict_crs
-
-    predict_crs(args.scores_dir, args.model, args.out, maps_dir=args.maps_dir,
-                participant_ids=args.participant_label, progress=not args.quiet)
-    return 0
-
-
-def _cmd_group(args) -> int:
-    from anomaly.crs import group_analysis
-
-    group_analysis(args.scores_dir, args.participants, args.out, atlas=args.atlas, crs_model=args.crs_model)
-    return 0
-
-
-def _cmd_demo(args) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
     from anomaly.cli.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.quiet)
-    return 0
+    run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.quiet, debug=args.debug)
+    return EXIT_OK
 
 
-HANDLERS = {"simulate": _cmd_simulate, "fit-normative": _cmd_fit_normative, "score": _cmd_score,
-            "fit-crs": _cmd_fit_crs, "predict": _cmd_predict, "group": _cmd_group, "demo": _cmd_demo}
+HANDLERS = {**PIPELINE, "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
-    argv = _bids_app_argv(list(sys.argv[1:] if argv is None else argv))
+    argv = bids_app_argv(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -318,33 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     if not args.debug:
         warnings.formatwarning = _one_line_warning
-    from anomaly.io import AnomalyInputError
+    return run_guarded(args.command, lambda: HANDLERS[args.command](args), debug=args.debug)
 
-    try:
-        return HANDLERS[args.command](args)
-    except AnomalyInputError as exc:
-        if args.debug:
-            raise
-        print(f"anomaly {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as exc:
-        # Unwritable output folder, full disk...: the user's environment, not a bug.
-        if args.debug:
-            raise
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"anomaly {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"anomaly {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:
-        from anomaly.normative.trainer import TrainingInterrupted
 
-        if isinstance(exc, TrainingInterrupted):
-            print(f"anomaly {args.command}: {exc}; rerun with --resume to continue", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        raise
-
+__all__ = ["HANDLERS", "main"]
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

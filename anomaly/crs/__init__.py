@@ -1,4 +1,4 @@
-"""CRS-R regression from atlas-region anomaly summaries.
+"""Stage 5 of the pipeline: CRS-R regression from atlas-region anomaly summaries.
 
 A lightweight multiple-instance attention regressor (one bag per patient, one instance
 per atlas region) with ordinal, ranking and kappa losses, label-distribution smoothing,
@@ -15,52 +15,74 @@ lds_weights, parse_loss
 pacing_sizes, curriculum_order
 benjamini_hochberg, region_correlations
 save_crs_model, load_crs_model, CRSModel
-fit_crs, predict_crs, predict_from_tables, group_analysis
+labelled_cohort, LabelledCohort, predict_from_tables, predict_table, crs_level
+
+The commands that wire these together (``fit_crs``, ``predict_crs``,
+``group_analysis``) live in :mod:`anomaly.cli.crs`.
 """
 
-from .commands import fit_crs, group_analysis, predict_crs, predict_from_tables, select_features
+from .cohort import LabelledCohort, labelled_cohort
 from .curriculum import curriculum_masks, curriculum_order, pacing_sizes
-from .features import (DEFAULT_FEATURES, DEFAULT_GLOBAL_FEATURES, RegionBags, bags_from_tables, find_region_tables,
-                       load_region_bags)
+from .features import (
+    DEFAULT_FEATURES,
+    DEFAULT_GLOBAL_FEATURES,
+    RegionBags,
+    bags_from_tables,
+    find_region_tables,
+    load_region_bags,
+    select_features,
+)
 from .group import benjamini_hochberg, region_correlations
 from .losses import LOSSES, lds_weights, parse_loss
 from .model import MILRegressor
 from .modelio import CRSModel, load_crs_model, save_crs_model
-from .validation import (CVResult, MeanBaseline, RidgeBaseline, bootstrap_metrics, conformal_quantile, cross_validate,
-                         make_splits, prediction_interval, quadratic_weighted_kappa, regression_metrics)
+from .predict import crs_level, predict_from_tables, predict_table
+from .validation import (
+    CVResult,
+    MeanBaseline,
+    RidgeBaseline,
+    bootstrap_metrics,
+    conformal_quantile,
+    cross_validate,
+    make_splits,
+    prediction_interval,
+    quadratic_weighted_kappa,
+    regression_metrics,
+)
 
 __all__ = [
-    "RegionBags",
-    "load_region_bags",
-    "bags_from_tables",
-    "find_region_tables",
-    "select_features",
-    "DEFAULT_FEATURES",
-    "DEFAULT_GLOBAL_FEATURES",
-    "MILRegressor",
-    "LOSSES",
-    "parse_loss",
-    "lds_weights",
-    "pacing_sizes",
-    "curriculum_order",
-    "curriculum_masks",
-    "cross_validate",
-    "CVResult",
-    "make_splits",
-    "regression_metrics",
-    "bootstrap_metrics",
-    "quadratic_weighted_kappa",
-    "conformal_quantile",
-    "prediction_interval",
-    "MeanBaseline",
-    "RidgeBaseline",
-    "benjamini_hochberg",
-    "region_correlations",
-    "CRSModel",
-    "save_crs_model",
-    "load_crs_model",
-    "fit_crs",
-    "predict_crs",
-    "predict_from_tables",
-    "group_analysis",
+                       "DEFAULT_FEATURES",
+                       "DEFAULT_GLOBAL_FEATURES",
+                       "LOSSES",
+                       "CRSModel",
+                       "CVResult",
+                       "LabelledCohort",
+                       "MILRegressor",
+                       "MeanBaseline",
+                       "RegionBags",
+                       "RidgeBaseline",
+                       "bags_from_tables",
+                       "benjamini_hochberg",
+                       "bootstrap_metrics",
+                       "conformal_quantile",
+                       "cross_validate",
+                       "crs_level",
+                       "curriculum_masks",
+                       "curriculum_order",
+                       "find_region_tables",
+                       "labelled_cohort",
+                       "lds_weights",
+                       "load_crs_model",
+                       "load_region_bags",
+                       "make_splits",
+                       "pacing_sizes",
+                       "parse_loss",
+                       "predict_from_tables",
+                       "predict_table",
+                       "prediction_interval",
+                       "quadratic_weighted_kappa",
+                       "region_correlations",
+                       "regression_metrics",
+                       "save_crs_model",
+                       "select_features",
 ]

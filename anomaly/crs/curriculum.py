@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CURRICULA", "pacing_sizes", "confidence_difficulty", "curriculum_order", "curriculum_masks"]
+__all__ = ["CURRICULA", "confidence_difficulty", "curriculum_masks", "curriculum_order", "pacing_sizes"]
 
 CURRICULA = ("confidence", "self-paced", "random")
 
@@ -42,7 +42,7 @@ def pacing_sizes(n: int, epochs: int, *, start: float = 0.4, ramp: float = 0.5) 
     if n <= 0 or epochs <= 0:
         return np.zeros(max(epochs, 0), dtype=int)
     n0 = max(1, int(np.ceil(start * n)))
-    end = max(1, int(round(ramp * epochs)))
+    end = max(1, int(round(ramp * epochs)))  # noqa: RUF046 - numpy floats round to floats
     frac = np.clip(np.arange(epochs) / end, 0.0, 1.0)
     sizes = np.ceil(n0 + frac * (n - n0)).astype(int)
     return np.clip(sizes, n0, n)

@@ -11,17 +11,25 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from anomaly.io import AnomalyInputError
 
-__all__ = ["RegionBags", "load_region_bags", "bags_from_tables", "find_region_tables", "feature_group",
-           "DEFAULT_FEATURES", "DEFAULT_GLOBAL_FEATURES"]
+__all__ = [
+    "DEFAULT_FEATURES",
+    "DEFAULT_GLOBAL_FEATURES",
+    "RegionBags",
+    "bags_from_tables",
+    "feature_group",
+    "find_region_tables",
+    "load_region_bags",
+    "select_features",
+]
 
 #: Region-table columns the CRS-R regressor uses by default: the normative model's
 #: combined anomaly of each region. On three simulated coma cohorts (~50 patients,
@@ -113,7 +121,7 @@ class RegionBags:
     @classmethod
     def from_array(cls, features: np.ndarray, *, participant_ids: Sequence[str] | None = None,
                    feature_names: Sequence[str] | None = None, region_index: Sequence[int] | None = None,
-                   region_names: Sequence[str] | None = None, global_features: np.ndarray | None = None) -> "RegionBags":
+                   region_names: Sequence[str] | None = None, global_features: np.ndarray | None = None) -> RegionBags:
         """Wrap a plain ``(N, R, F)`` array (NaN = missing) with generic names."""
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 3:
@@ -139,7 +147,7 @@ class RegionBags:
         """``(N, R, F)``."""
         return tuple(self.features.shape)  # type: ignore[return-value]
 
-    def subset(self, idx: Sequence[int] | np.ndarray) -> "RegionBags":
+    def subset(self, idx: Sequence[int] | np.ndarray) -> RegionBags:
         """Bags ``idx`` (integer positions or a boolean mask)."""
         idx = np.asarray(idx)
         if idx.dtype == bool:
@@ -157,7 +165,7 @@ class RegionBags:
         )
 
     def align(self, *, region_index: Sequence[int], feature_names: Sequence[str],
-              global_feature_names: Sequence[str] = ()) -> "RegionBags":
+              global_feature_names: Sequence[str] = ()) -> RegionBags:
         """Reorder regions and features to a model's layout.
 
         Regions must be the same set (a model is tied to its atlas). Features or global
@@ -166,7 +174,7 @@ class RegionBags:
         """
         region_index = np.asarray(region_index, dtype=np.int64)
         pos = {int(k): i for i, k in enumerate(self.region_index)}
-        if set(pos) != set(int(k) for k in region_index):
+        if set(pos) != {int(k) for k in region_index}:
             raise AnomalyInputError(
                 f"region tables have {len(pos)} regions that differ from the model's {len(region_index)} atlas regions"
             )
@@ -197,7 +205,7 @@ class RegionBags:
         )
 
     def select(self, features: Sequence[str] | None = None,
-               global_features: Sequence[str] | None = None) -> "RegionBags":
+               global_features: Sequence[str] | None = None) -> RegionBags:
         """Keep some region features and subject-level values, in the order given.
 
         Parameters
@@ -379,6 +387,55 @@ def load_region_bags(
     return bags_from_tables(frames, participant_ids=pids, global_values=records, atlas=atlas, where=str(scores_dir))
 
 
+def _check_tables(frames: list[pd.DataFrame], pids: list[str], atlas: str | None, where: str) -> np.ndarray:
+    """Every table has index and name columns and the regions of the first; its region index."""
+    if not frames or len(frames) != len(pids):
+        raise AnomalyInputError(f"{where}: expected one region table per participant")
+    for pid, df in zip(pids, frames):
+        for col in ("index", "name"):
+            if col not in df.columns:
+                raise AnomalyInputError(f"{where}: the region table of {pid} has no {col!r} column")
+    ref_index = pd.to_numeric(frames[0]["index"]).to_numpy(dtype=np.int64)
+    for pid, df in zip(pids, frames):
+        if len(df) != len(frames[0]) or not np.array_equal(pd.to_numeric(df["index"]).to_numpy(dtype=np.int64), ref_index):
+            raise AnomalyInputError(
+                f"{where}: {pid} has different atlas{'-' + atlas if atlas else ''} regions than {pids[0]} "
+                "(rescore with one atlas)"
+            )
+    return ref_index
+
+
+def _feature_stack(frames: list[pd.DataFrame]) -> tuple[np.ndarray, list[str]]:
+    """(N, R, F) float32 features over the union of the tables' feature columns."""
+    # Union of feature columns in order of first appearance: a subject scored by a
+    # model with fewer modalities simply has those features missing.
+    feature_names: list[str] = []
+    for df in frames:
+        for col in df.columns:
+            if col not in _ID_COLUMNS and col not in feature_names:
+                feature_names.append(col)
+    feats = np.full((len(frames), len(frames[0]), len(feature_names)), np.nan, dtype=np.float32)
+    for i, df in enumerate(frames):
+        for j, col in enumerate(feature_names):
+            if col in df.columns:
+                feats[i, :, j] = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float32)
+    return feats, feature_names
+
+
+def _global_stack(global_values: Sequence[Mapping[str, float]] | None) -> tuple[np.ndarray | None, list[str]]:
+    """(N, G) float32 subject-level values over the union of their numeric names."""
+    glob = None
+    glob_names: list[str] = []
+    if global_values is not None:
+        for rec in global_values:
+            for k, v in rec.items():
+                if k not in glob_names and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    glob_names.append(k)
+        if glob_names:
+            glob = np.array([[float(rec.get(k, np.nan)) for k in glob_names] for rec in global_values], dtype=np.float32)
+    return glob, glob_names
+
+
 def bags_from_tables(tables: Sequence[pd.DataFrame], *, participant_ids: Sequence[str],
                      global_values: Sequence[Mapping[str, float]] | None = None, atlas: str | None = None,
                      where: str = "region tables") -> RegionBags:
@@ -397,52 +454,60 @@ def bags_from_tables(tables: Sequence[pd.DataFrame], *, participant_ids: Sequenc
     """
     pids = [str(p) for p in participant_ids]
     frames = list(tables)
-    if not frames or len(frames) != len(pids):
-        raise AnomalyInputError(f"{where}: expected one region table per participant")
-    for pid, df in zip(pids, frames):
-        for col in ("index", "name"):
-            if col not in df.columns:
-                raise AnomalyInputError(f"{where}: the region table of {pid} has no {col!r} column")
-    ref = frames[0]
-    ref_index = pd.to_numeric(ref["index"]).to_numpy(dtype=np.int64)
-    for pid, df in zip(pids, frames):
-        if len(df) != len(ref) or not np.array_equal(pd.to_numeric(df["index"]).to_numpy(dtype=np.int64), ref_index):
-            raise AnomalyInputError(
-                f"{where}: {pid} has different atlas{'-' + atlas if atlas else ''} regions than {pids[0]} "
-                "(rescore with one atlas)"
-            )
-    # Union of feature columns in order of first appearance: a subject scored by a
-    # model with fewer modalities simply has those features missing.
-    feature_names: list[str] = []
-    for df in frames:
-        for col in df.columns:
-            if col not in _ID_COLUMNS and col not in feature_names:
-                feature_names.append(col)
-    n, r, f = len(pids), len(ref), len(feature_names)
-    feats = np.full((n, r, f), np.nan, dtype=np.float32)
-    for i, df in enumerate(frames):
-        for j, col in enumerate(feature_names):
-            if col in df.columns:
-                feats[i, :, j] = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float32)
-
-    glob = None
-    glob_names: list[str] = []
-    if global_values is not None:
-        for rec in global_values:
-            for k, v in rec.items():
-                if k not in glob_names and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    glob_names.append(k)
-        if glob_names:
-            glob = np.array([[float(rec.get(k, np.nan)) for k in glob_names] for rec in global_values], dtype=np.float32)
-
+    ref_index = _check_tables(frames, pids, atlas, where)
+    feats, feature_names = _feature_stack(frames)
+    glob, glob_names = _global_stack(global_values)
     return RegionBags(
         participant_ids=pids,
         features=feats,
         missing=~np.isfinite(feats),
         region_index=ref_index,
-        region_names=ref["name"].astype(str).tolist(),
+        region_names=frames[0]["name"].astype(str).tolist(),
         feature_names=feature_names,
         global_features=glob,
         global_feature_names=glob_names,
         atlas=atlas,
     )
+
+
+def _names(value: str | Sequence[str] | None) -> str | list[str] | None:
+    """``"a,b"`` or ``["a", "b"]`` -> list; ``"all"`` / ``"none"`` / None unchanged."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value.strip().lower() in ("all", "none"):
+            return value.strip().lower()
+        value = value.split(",")
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+def select_features(bags: RegionBags, features: str | Sequence[str] | None = None,
+                    global_features: str | Sequence[str] | None = None, *, where: str = "region tables") -> RegionBags:
+    """Keep the region features and subject-level values the regressor should see.
+
+    Parameters
+    ----------
+    bags : RegionBags
+    features : "all", list or comma-separated str, optional
+        Region-table columns. Default: :data:`DEFAULT_FEATURES`.
+    global_features : "all", "none", list or comma-separated str, optional
+        Values of ``sub-<l>_scores.json``. Default: :data:`DEFAULT_GLOBAL_FEATURES`
+        where present (a model without PET has no global cortical PET level).
+    where : str
+        Named in error messages.
+
+    Raises
+    ------
+    anomaly.io.AnomalyInputError
+        A requested name that no region table or scores file has.
+    """
+    features, global_features = _names(features), _names(global_features)
+    if features is None:
+        features = [f for f in DEFAULT_FEATURES if f in bags.feature_names] or "all"
+    if global_features is None:
+        global_features = [g for g in DEFAULT_GLOBAL_FEATURES if g in bags.global_feature_names]
+    try:
+        return bags.select(None if features == "all" else features,
+                           None if global_features == "all" else [] if global_features == "none" else global_features)
+    except KeyError as exc:
+        raise AnomalyInputError(f"{where}: {exc.args[0]}") from None

@@ -8,38 +8,30 @@ control over all tests.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
+from scipy.stats import false_discovery_control, spearmanr
 
 from .features import RegionBags
 
-__all__ = ["benjamini_hochberg", "region_correlations", "crs_bands", "band_label"]
+__all__ = ["band_label", "benjamini_hochberg", "crs_bands", "region_correlations"]
 
 
 def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values).
 
-    For sorted p-values ``p_(1) <= ... <= p_(m)``, ``q_(i) = min_{j >= i} m p_(j) / j``
-    capped at 1; rejecting ``q <= level`` controls the FDR at ``level`` for independent
-    or positively dependent tests. NaN p-values are ignored and stay NaN.
+    :func:`scipy.stats.false_discovery_control` (``method="bh"``) on the finite
+    p-values: rejecting ``q <= level`` controls the FDR at ``level`` for independent or
+    positively dependent tests. NaN p-values (untestable regions) are left out of the
+    correction and stay NaN.
     """
     p = np.asarray(pvalues, dtype=float)
     q = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
-    m = int(ok.sum())
-    if m == 0:
-        return q
-    pv = p[ok]
-    order = np.argsort(pv, kind="mergesort")
-    scaled = pv[order] * m / np.arange(1, m + 1)
-    # Running minimum from the largest p-value down enforces monotonicity.
-    adjusted = np.minimum.accumulate(scaled[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.minimum(adjusted, 1.0)
-    q[ok] = out
+    if ok.any():
+        q[ok] = false_discovery_control(p[ok], method="bh")
     return q
 
 

@@ -21,35 +21,37 @@ Output heads ("what the loss needs"):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anomaly.constants import CRS_LEVELS
+
 __all__ = [
-    "N_LEVELS",
     "LOSSES",
-    "parse_loss",
+    "N_LEVELS",
     "LossSpec",
-    "mse_loss",
-    "huber_loss",
     "coral_loss",
-    "corn_loss",
-    "rank_loss",
-    "kappa_loss",
-    "soft_label_loss",
-    "gaussian_label_distribution",
     "coral_point",
+    "corn_loss",
     "corn_point",
-    "softmax_point",
+    "gaussian_label_distribution",
     "head_probabilities",
+    "huber_loss",
+    "kappa_loss",
     "lds_weights",
+    "mse_loss",
+    "parse_loss",
+    "rank_loss",
+    "soft_label_loss",
+    "softmax_point",
 ]
 
-#: CRS-R total score levels 0..23.
-N_LEVELS = 24
+#: CRS-R total score levels 0..23 (alias of :data:`anomaly.constants.CRS_LEVELS`).
+N_LEVELS = CRS_LEVELS
 
 #: loss name -> output head it trains ("rank" uses the primary head's prediction).
 LOSSES: dict[str, str | None] = {
@@ -110,7 +112,7 @@ def parse_loss(spec: str | Mapping[str, float], loss_weights: Mapping[str, float
     if not out:
         raise ValueError(f"loss: empty specification {spec!r}")
     if loss_weights:
-        unknown = set(_ALIASES.get(k, k) for k in loss_weights) - {k for k, _ in out}
+        unknown = {_ALIASES.get(k, k) for k in loss_weights} - {k for k, _ in out}
         if unknown:
             raise ValueError(f"loss_weights: {', '.join(sorted(unknown))} not in loss {spec!r}")
     if sum(w for _, w in out) <= 0:
@@ -286,7 +288,7 @@ class LossSpec:
     terms: list[tuple[str, float]]
 
     @classmethod
-    def parse(cls, spec: str | Mapping[str, float], loss_weights: Mapping[str, float] | None = None) -> "LossSpec":
+    def parse(cls, spec: str | Mapping[str, float], loss_weights: Mapping[str, float] | None = None) -> LossSpec:
         return cls(parse_loss(spec, loss_weights))
 
     @property

@@ -12,37 +12,50 @@ and a small head maps the bag embedding ``z`` (plus subject-level values such as
 global cortical PET level, when present) to what the loss needs (see
 :mod:`anomaly.crs.losses`).
 
-The ensemble of ``n_seeds`` members is trained as ONE vectorised model: every weight
-has a leading member axis, the loss is the sum of the members' losses, and AdamW is
-element-wise, so the members are trained exactly as if they were trained one by one,
-at the cost of one.
+The ensemble of ``n_seeds`` members is trained as ONE vectorised model: the members'
+weights (:class:`MILNet`) are stacked along a leading member axis and one member's
+forward pass is mapped over it (``torch.func.vmap``); the loss is the sum of the
+members' losses, and AdamW is element-wise, so the members are trained exactly as if
+they were trained one by one, at the cost of one.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from anomaly.constants import CRS_LEVELS, CRS_MAX
+from anomaly.io import resolve_device
 
 from .curriculum import CURRICULA, curriculum_masks, curriculum_order, pacing_sizes
 from .features import RegionBags, as_region_bags, feature_group
-from .losses import N_LEVELS, LossSpec, coral_point, corn_point, head_probabilities, lds_weights, softmax_point
+from .losses import (
+    LossSpec,
+    coral_point,
+    corn_point,
+    head_probabilities,
+    lds_weights,
+    softmax_point,
+)
 
-__all__ = ["EnsembleMILNet", "MILRegressor"]
+__all__ = ["EnsembleMILNet", "MILNet", "MILRegressor"]
 
 #: Links of the scalar head (see MILRegressor's ``link``).
 LINKS = ("identity", "log")
 # Bound of the log-link score: exp(4) x the mean label covers 0..23 for any mean >= 0.5.
 _LOG_SCORE_MAX = 4.0
 
-_HEAD_OUT = {"scalar": 1, "coral": N_LEVELS - 1, "corn": N_LEVELS - 1, "softmax": N_LEVELS}
+_HEAD_OUT = {"scalar": 1, "coral": CRS_MAX, "corn": CRS_MAX, "softmax": CRS_LEVELS}
 
 
 def _uniform(gen: torch.Generator, shape: Sequence[int], fan_in: int) -> torch.Tensor:
@@ -51,13 +64,11 @@ def _uniform(gen: torch.Generator, shape: Sequence[int], fan_in: int) -> torch.T
     return (torch.rand(*shape, generator=gen) * 2.0 - 1.0) * bound
 
 
-class EnsembleMILNet(nn.Module):
-    """``S`` independent gated-attention MIL networks stored as stacked weights.
+class MILNet(nn.Module):
+    """One gated-attention MIL network (a single ensemble member).
 
     Parameters
     ----------
-    n_members : int
-        Ensemble size ``S``.
     n_inputs : int
         Instance features (standardised features + missing flags).
     n_regions : int
@@ -70,11 +81,104 @@ class EnsembleMILNet(nn.Module):
         Size of the learned region-identity embedding (0 disables it).
     attention_dim : int
         Size ``L`` of the gated-attention hidden layer.
+    heads : sequence of str
+        Output heads (``"scalar"``, ``"coral"``, ``"corn"``, ``"softmax"``).
+    seed : int
+        Initialisation seed (one generator, drawn in a fixed order: a seed always gives
+        the same weights).
+    dropout : float, default=0.0
+        Rate of the channel-dropout mask given to :meth:`forward`.
+    """
+
+    def __init__(self, *, n_inputs: int, n_regions: int, n_globals: int, hidden: int, region_embedding: int,
+                 attention_dim: int, heads: Sequence[str], seed: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        H, L, d = hidden, attention_dim, region_embedding
+        self.heads = list(heads)
+        self.n_globals = n_globals
+        self.dropout = float(dropout)
+        gen = torch.Generator().manual_seed(int(seed))
+
+        def add(name: str, tensor: torch.Tensor) -> None:
+            self.register_parameter(name, nn.Parameter(tensor))
+
+        add("w_in", _uniform(gen, (n_inputs, H), n_inputs + d))
+        add("b_in", _uniform(gen, (H,), n_inputs + d))
+        if d > 0:
+            add("region_embedding", torch.randn(n_regions, d, generator=gen))
+            add("w_region", _uniform(gen, (d, H), n_inputs + d))
+        add("att_v", _uniform(gen, (H, L), H))
+        add("att_v_bias", _uniform(gen, (L,), H))
+        add("att_u", _uniform(gen, (H, L), H))
+        add("att_u_bias", _uniform(gen, (L,), H))
+        add("att_w", _uniform(gen, (L,), L))
+        D = H + n_globals
+        for head in self.heads:
+            # CORAL shares one weight vector across the K-1 thresholds; so does CORN
+            # here: 23 independent weight vectors overfit ~50 patients badly, and the
+            # conditional training, not the weights, makes CORN rank-consistent.
+            n_w = 1 if head in ("coral", "corn") else _HEAD_OUT[head]
+            add(f"{head}_weight", _uniform(gen, (D, n_w), D))
+            add(f"{head}_bias", torch.zeros(_HEAD_OUT[head]))
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor | None = None,
+                keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Forward pass of one member.
+
+        Parameters
+        ----------
+        x : tensor (N, R, n_inputs)
+        g : tensor (N, n_globals), optional
+        keep : tensor (N, 1, H), optional
+            Channel-dropout mask of 0/1 (training only).
+
+        Returns
+        -------
+        dict
+            ``attention`` (N, R) and one entry per head: ``scalar`` (N,) or logits
+            (N, K-1 / K).
+        """
+        N, R, _ = x.shape
+        h = (x.reshape(N * R, -1) @ self.w_in + self.b_in).view(N, R, -1)
+        if hasattr(self, "region_embedding"):
+            # Region identity: lets attention and the embedding depend on *where*.
+            h = h + (self.region_embedding @ self.w_region)[None]
+        h = F.relu(h)
+        if keep is not None:
+            h = h * keep / (1.0 - self.dropout)
+        # Both gates in one matmul: [tanh(V h) | sigmoid(U h)].
+        vu = h.reshape(N * R, -1) @ torch.cat([self.att_v, self.att_u], dim=-1)
+        vu = vu + torch.cat([self.att_v_bias, self.att_u_bias], dim=-1)
+        L = self.att_v.shape[-1]
+        gate = torch.tanh(vu[..., :L]) * torch.sigmoid(vu[..., L:])
+        attention = torch.softmax((gate @ self.att_w).view(N, R), dim=-1)
+        z = torch.einsum("nr,nrh->nh", attention, h)
+        if self.n_globals:
+            z = torch.cat([z, g], dim=-1)
+        out = {"attention": attention}
+        for head in self.heads:
+            value = z @ getattr(self, f"{head}_weight") + getattr(self, f"{head}_bias")
+            out[head] = value[..., 0] if head == "scalar" else value
+        return out
+
+
+class EnsembleMILNet(nn.Module):
+    """``S`` independent :class:`MILNet` members stored as stacked weights.
+
+    The members' parameters are stacked along a leading member axis
+    (:func:`torch.func.stack_module_state`) under the members' own names, and the
+    forward pass maps one member's network over that axis
+    (:func:`torch.func.vmap` of :func:`torch.func.functional_call`).
+
+    Parameters
+    ----------
+    n_members : int
+        Ensemble size ``S``.
+    n_inputs, n_regions, n_globals, hidden, region_embedding, attention_dim, heads
+        See :class:`MILNet`.
     dropout : float
         Dropout of instance-embedding channels during training (one mask per bag
         and member, shared by the bag's regions).
-    heads : sequence of str
-        Output heads (``"scalar"``, ``"coral"``, ``"corn"``, ``"softmax"``).
     seeds : sequence of int
         One initialisation seed per member.
     """
@@ -83,45 +187,28 @@ class EnsembleMILNet(nn.Module):
                  region_embedding: int, attention_dim: int, dropout: float, heads: Sequence[str],
                  seeds: Sequence[int]) -> None:
         super().__init__()
-        S, H, L, d = n_members, hidden, attention_dim, region_embedding
+        if len(seeds) != n_members:
+            raise ValueError(f"{n_members} members need {n_members} seeds, got {len(seeds)}")
         self.heads = list(heads)
         self.dropout = float(dropout)
         self.n_globals = n_globals
-        init: dict[str, list[torch.Tensor]] = {}
-
-        def add(name: str, tensor: torch.Tensor) -> None:
-            init.setdefault(name, []).append(tensor)
-
-        for seed in seeds:
-            gen = torch.Generator().manual_seed(int(seed))
-            add("w_in", _uniform(gen, (n_inputs, H), n_inputs + d))
-            add("b_in", _uniform(gen, (H,), n_inputs + d))
-            if d > 0:
-                add("region_embedding", torch.randn(n_regions, d, generator=gen))
-                add("w_region", _uniform(gen, (d, H), n_inputs + d))
-            add("att_v", _uniform(gen, (H, L), H))
-            add("att_v_bias", _uniform(gen, (L,), H))
-            add("att_u", _uniform(gen, (H, L), H))
-            add("att_u_bias", _uniform(gen, (L,), H))
-            add("att_w", _uniform(gen, (L,), L))
-            D = H + n_globals
-            for head in self.heads:
-                # CORAL shares one weight vector across the K-1 thresholds; so does CORN
-                # here: 23 independent weight vectors overfit ~50 patients badly, and the
-                # conditional training, not the weights, makes CORN rank-consistent.
-                n_w = 1 if head in ("coral", "corn") else _HEAD_OUT[head]
-                add(f"{head}_weight", _uniform(gen, (D, n_w), D))
-                add(f"{head}_bias", torch.zeros(_HEAD_OUT[head]))
-        for name, tensors in init.items():
-            self.register_parameter(name, nn.Parameter(torch.stack(tensors)))
-        assert len(seeds) == S
+        members = [MILNet(n_inputs=n_inputs, n_regions=n_regions, n_globals=n_globals, hidden=hidden,
+                          region_embedding=region_embedding, attention_dim=attention_dim, heads=heads, seed=seed,
+                          dropout=dropout)
+                   for seed in seeds]
+        params, _ = stack_module_state(members)
+        for name, tensor in params.items():
+            self.register_parameter(name, nn.Parameter(tensor))
+        # The member network without weights (meta device): only its forward is used.
+        # Kept out of the module tree so that the stacked weights are the only parameters.
+        self._template = (members[0].to("meta"),)
 
     @property
     def n_members(self) -> int:
         return int(self.w_in.shape[0])
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Forward pass.
+        """Forward pass of every member.
 
         Parameters
         ----------
@@ -134,44 +221,20 @@ class EnsembleMILNet(nn.Module):
             ``attention`` (S, N, R) and one entry per head: ``scalar`` (S, N) or
             logits (S, N, K-1 / K).
         """
-        S = self.w_in.shape[0]
-        N, R, _ = x.shape
-        # Flatten bags x regions so that each member is one (N*R, I) @ (I, H) matmul.
-        h = torch.matmul(x.reshape(1, N * R, -1), self.w_in) + self.b_in[:, None, :]
-        h = h.view(S, N, R, -1)
-        if hasattr(self, "region_embedding"):
-            # Region identity: lets attention and the embedding depend on *where*.
-            h = h + torch.bmm(self.region_embedding, self.w_region)[:, None]
-        h = F.relu(h)
+        S, N = self.n_members, x.shape[0]
+        params = dict(self.named_parameters())
+        template = self._template[0]
+        keep = None
         if self.training and self.dropout > 0:
             # Channel dropout shared by a bag's regions: one mask per (member, bag,
-            # channel). Element-wise masks cost more than the rest of the step here.
-            keep = (torch.rand(S, N, 1, h.shape[-1], device=h.device) >= self.dropout).to(h.dtype)
-            h = h * keep / (1.0 - self.dropout)
-        # Both gates in one matmul: [tanh(V h) | sigmoid(U h)].
-        vu = torch.bmm(h.view(S, N * R, -1), torch.cat([self.att_v, self.att_u], dim=-1))
-        vu = vu + torch.cat([self.att_v_bias, self.att_u_bias], dim=-1)[:, None, :]
-        L = self.att_v.shape[-1]
-        gate = torch.tanh(vu[..., :L]) * torch.sigmoid(vu[..., L:])
-        scores = torch.bmm(gate, self.att_w[:, :, None]).view(S, N, R)
-        attention = torch.softmax(scores, dim=-1)
-        z = torch.einsum("snr,snrh->snh", attention, h)
-        if self.n_globals:
-            z = torch.cat([z, g.unsqueeze(0).expand(S, -1, -1)], dim=-1)
-        out = {"attention": attention}
-        for head in self.heads:
-            value = torch.einsum("snd,sdk->snk", z, getattr(self, f"{head}_weight")) + getattr(self, f"{head}_bias")[:, None, :]
-            out[head] = value[..., 0] if head == "scalar" else value
-        return out
+            # channel), drawn for all members at once outside the vmap.
+            H = self.w_in.shape[-1]
+            keep = (torch.rand(S, N, 1, H, device=x.device) >= self.dropout).to(x.dtype)
 
+        def member(p: dict[str, torch.Tensor], k: torch.Tensor | None) -> dict[str, torch.Tensor]:
+            return functional_call(template, p, (x, g, k))
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available")
-    return dev
+        return vmap(member, in_dims=(0, None if keep is None else 0))(params, keep)
 
 
 class MILRegressor(BaseEstimator):
@@ -365,7 +428,7 @@ class MILRegressor(BaseEstimator):
                           global_feature_names=self.global_feature_names_)
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, bags: RegionBags | np.ndarray, y: Sequence[float], y_sd: Sequence[float] | None = None) -> "MILRegressor":
+    def fit(self, bags: RegionBags | np.ndarray, y: Sequence[float], y_sd: Sequence[float] | None = None) -> MILRegressor:
         """Fit the ensemble.
 
         Parameters
@@ -384,59 +447,16 @@ class MILRegressor(BaseEstimator):
         """
         spec = self._validate_params()
         bags = as_region_bags(bags)
-        y = np.asarray(y, dtype=np.float64).reshape(-1)
-        if y.shape[0] != len(bags):
-            raise ValueError(f"y has {y.shape[0]} values but there are {len(bags)} bags")
-        if not np.isfinite(y).all():
-            raise ValueError("y contains missing or non-finite values")
-        if (y < 0).any() or (y > N_LEVELS - 1).any():
-            raise ValueError(f"y must be CRS-R totals in 0..{N_LEVELS - 1}")
-        if len(bags) < 2:
-            raise ValueError("at least 2 bags are needed to fit")
-        if any(h != "scalar" for h in spec.heads):
-            y = np.rint(y)  # ordinal heads need integer levels
-        sd = np.full(len(y), float(self.label_sd)) if y_sd is None else np.asarray(y_sd, dtype=np.float64).reshape(-1)
-        if sd.shape != y.shape:
-            raise ValueError("y_sd must have one value per bag")
-        sd_known = None if y_sd is None else sd.copy()
-        sd = np.where(np.isfinite(sd) & (sd > 0), sd, float(self.label_sd))
-
-        self.feature_names_ = list(bags.feature_names)
-        self.region_index_ = np.asarray(bags.region_index, dtype=np.int64)
-        self.region_names_ = list(bags.region_names)
-        self.global_feature_names_ = list(bags.global_feature_names) if (self.use_globals and bags.global_features is not None) else []
-        self.atlas_ = bags.atlas
-        self._fit_standardisation(bags)
-        self.n_features_in_ = len(self.feature_names_)
-        self.y_mean_ = float(y.mean())
-        self.y_scale_ = float(max(y.std(), 1.0))
-        self.sample_weight_ = lds_weights(y) if self.lds else np.ones(len(y))
-
-        n_members = int(self.n_seeds)
-        masks = None
-        self.curriculum_sizes_ = None
-        if self.curriculum is not None:
-            rng = np.random.default_rng(self.seed)
-            sample_loss = None
-            if self.curriculum == "self-paced":
-                # A quick first model (same losses, one member, a quarter of the epochs)
-                # scores every training bag; those it already fits are the easy ones.
-                first = self.__class__(**{**self.get_params(), "curriculum": None, "n_seeds": 1,
-                                          "epochs": max(10, int(self.epochs) // 4)})
-                first.fit(bags, y, y_sd)
-                sample_loss = np.abs(first.predict(bags) - y)
-            order = curriculum_order(self.curriculum, y=y, y_sd=sd_known, sample_loss=sample_loss,
-                                     cut=float(self.mcs_cut), rng=rng)
-            self.curriculum_sizes_ = pacing_sizes(len(y), int(self.epochs), start=float(self.curriculum_start))
-            masks = curriculum_masks(order, self.curriculum_sizes_)
-
+        y, sd, sd_known = self._check_targets(bags, y, y_sd, spec)
+        self._fit_layout(bags, y)
+        masks = self._curriculum(bags, y, y_sd, sd_known)
         x, g = self._design(bags)
-        device = _resolve_device(self.device)
-        seeds = [int(self.seed) * 1000 + k for k in range(n_members)]
+        device = resolve_device(self.device)
+        n_members = int(self.n_seeds)
         net = EnsembleMILNet(
             n_members=n_members, n_inputs=x.shape[-1], n_regions=x.shape[1], n_globals=0 if g is None else g.shape[1],
             hidden=int(self.hidden), region_embedding=int(self.region_embedding), attention_dim=int(self.attention_dim),
-            dropout=float(self.dropout), heads=spec.heads, seeds=seeds,
+            dropout=float(self.dropout), heads=spec.heads, seeds=[int(self.seed) * 1000 + k for k in range(n_members)],
         )
         self._init_head_biases(net, y)
         net.to(device)
@@ -453,9 +473,63 @@ class MILRegressor(BaseEstimator):
                 self.calibration_[s] = np.linalg.lstsq(A, y, rcond=None)[0]
         return self
 
+    def _check_targets(self, bags: RegionBags, y: Sequence[float], y_sd: Sequence[float] | None,
+                       spec: LossSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Labels (rounded for ordinal heads), label SDs (NaN -> ``label_sd``) and the SDs as given."""
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if y.shape[0] != len(bags):
+            raise ValueError(f"y has {y.shape[0]} values but there are {len(bags)} bags")
+        if not np.isfinite(y).all():
+            raise ValueError("y contains missing or non-finite values")
+        if (y < 0).any() or (y > CRS_MAX).any():
+            raise ValueError(f"y must be CRS-R totals in 0..{CRS_MAX}")
+        if len(bags) < 2:
+            raise ValueError("at least 2 bags are needed to fit")
+        if any(h != "scalar" for h in spec.heads):
+            y = np.rint(y)  # ordinal heads need integer levels
+        sd = np.full(len(y), float(self.label_sd)) if y_sd is None else np.asarray(y_sd, dtype=np.float64).reshape(-1)
+        if sd.shape != y.shape:
+            raise ValueError("y_sd must have one value per bag")
+        sd_known = None if y_sd is None else sd.copy()
+        sd = np.where(np.isfinite(sd) & (sd > 0), sd, float(self.label_sd))
+        return y, sd, sd_known
+
+    def _fit_layout(self, bags: RegionBags, y: np.ndarray) -> None:
+        """Input layout, standardisation, label scale and sample weights learned from the training bags."""
+        self.feature_names_ = list(bags.feature_names)
+        self.region_index_ = np.asarray(bags.region_index, dtype=np.int64)
+        self.region_names_ = list(bags.region_names)
+        self.global_feature_names_ = list(bags.global_feature_names) if (self.use_globals and bags.global_features is not None) else []
+        self.atlas_ = bags.atlas
+        self._fit_standardisation(bags)
+        self.n_features_in_ = len(self.feature_names_)
+        self.y_mean_ = float(y.mean())
+        self.y_scale_ = float(max(y.std(), 1.0))
+        self.sample_weight_ = lds_weights(y) if self.lds else np.ones(len(y))
+
+    def _curriculum(self, bags: RegionBags, y: np.ndarray, y_sd: Sequence[float] | None,
+                    sd_known: np.ndarray | None) -> np.ndarray | None:
+        """Per-epoch training masks of the curriculum (None without one); sets ``curriculum_sizes_``."""
+        self.curriculum_sizes_ = None
+        if self.curriculum is None:
+            return None
+        rng = np.random.default_rng(self.seed)
+        sample_loss = None
+        if self.curriculum == "self-paced":
+            # A quick first model (same losses, one member, a quarter of the epochs)
+            # scores every training bag; those it already fits are the easy ones.
+            first = self.__class__(**{**self.get_params(), "curriculum": None, "n_seeds": 1,
+                                      "epochs": max(10, int(self.epochs) // 4)})
+            first.fit(bags, y, y_sd)
+            sample_loss = np.abs(first.predict(bags) - y)
+        order = curriculum_order(self.curriculum, y=y, y_sd=sd_known, sample_loss=sample_loss,
+                                 cut=float(self.mcs_cut), rng=rng)
+        self.curriculum_sizes_ = pacing_sizes(len(y), int(self.epochs), start=float(self.curriculum_start))
+        return curriculum_masks(order, self.curriculum_sizes_)
+
     def _init_head_biases(self, net: EnsembleMILNet, y: np.ndarray) -> None:
         """Start ordinal/softmax heads at the (smoothed) training label prior."""
-        levels = np.arange(N_LEVELS)
+        levels = np.arange(CRS_LEVELS)
         with torch.no_grad():
             if "coral" in net.heads:
                 p = (np.array([(y > k).sum() for k in levels[:-1]]) + 0.5) / (len(y) + 1.0)
@@ -466,7 +540,7 @@ class MILRegressor(BaseEstimator):
                 p = (above + 0.5) / (at_risk + 1.0)
                 net.corn_bias.copy_(torch.as_tensor(np.log(p / (1 - p)), dtype=torch.float32))
             if "softmax" in net.heads:
-                hist = np.bincount(np.rint(y).astype(int), minlength=N_LEVELS) + 0.5
+                hist = np.bincount(np.rint(y).astype(int), minlength=CRS_LEVELS) + 0.5
                 net.softmax_bias.copy_(torch.as_tensor(np.log(hist / hist.sum()), dtype=torch.float32))
 
     def _outputs(self, net: EnsembleMILNet, x: torch.Tensor, g: torch.Tensor | None,
@@ -557,7 +631,7 @@ class MILRegressor(BaseEstimator):
                 if self.groups_[k] in name.split("_"):
                     gmember[k, j] = 1.0
                     gmember[k, n_glob + j] = -1.0  # marks the flag column
-        as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+        as_t = lambda a: torch.as_tensor(a, device=device)
         return {"p": torch.tensor(p), "droppable": as_t(np.isin(np.arange(G), droppable).astype(np.float32)),
                 "member": as_t(member), "flag": as_t(flag), "gmember": as_t(gmember)}
 
@@ -605,7 +679,7 @@ class MILRegressor(BaseEstimator):
         x, g = self._design(self._check_bags(bags))
         raw = self._raw_points(x, g)
         pred = raw * self.calibration_[:, :1] + self.calibration_[:, 1:]
-        return np.clip(pred, 0.0, N_LEVELS - 1)
+        return np.clip(pred, 0.0, CRS_MAX)
 
     def predict(self, bags: RegionBags | np.ndarray, return_std: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Predicted CRS-R (ensemble mean, continuous, in 0..23).

@@ -39,6 +39,8 @@ import pandas as pd
 from scipy.special import expit
 from scipy.stats import norm
 
+from anomaly.constants import CRS_MAX, LESION_SIGN, SPACE
+
 from .features import RegionBags
 
 __all__ = ["CAUSAL_PATTERNS", "SyntheticCohort", "simulate_region_bags", "write_scores_dir"]
@@ -46,9 +48,6 @@ __all__ = ["CAUSAL_PATTERNS", "SyntheticCohort", "simulate_region_bags", "write_
 CAUSAL_PATTERNS = ("Brain_Stem", "Thalamus", "PCu_precuneus", "PCgG_posterior_cingulate",
                    "SFG_superior_frontal", "MFG_middle_frontal", "MSFG_superior_frontal")
 MODALITIES = ("T1w", "FLAIR", "pet")
-# Lesion direction of each modality: T1w darker, FLAIR brighter, PET hypometabolic.
-_DIRECTION = {"T1w": -1.0, "FLAIR": 1.0, "pet": -1.0}
-SPACE = "space-MNI152NLin2009cAsym"
 
 
 @dataclass
@@ -95,6 +94,81 @@ def _atlas_regions(n_regions: int | None) -> tuple[np.ndarray, list[str]]:
     return np.arange(1, n + 1), names
 
 
+def _region_kinds(region_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Causal regions (arousal network, mesocircuit, posteromedial cortex) and cortical ones."""
+    causal = np.array([any(p in n for p in CAUSAL_PATTERNS) for n in region_names])
+    cortical = np.array(["_" in n and n.split("_", 1)[0] in ("Left", "Right") and not any(
+        t in n for t in ("Thalamus", "Caudate", "Putamen", "Pallidum", "Accumbens", "Amygdala", "Hippocampus",
+                         "Ventricle", "White", "Cerebell", "Lat_Vent", "Inf_Lat", "Ventral_DC", "vessel")) for n in region_names])
+    if not cortical.any():
+        cortical = ~causal
+    return causal, cortical
+
+
+def _damage(rng: np.random.Generator, n: int, causal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Causal damage (driven by one severity per patient) and distractor lesions, (N, R) each."""
+    R = causal.size
+    u = rng.beta(1.2, 1.8, size=n)
+    damage = np.zeros((n, R))
+    damage[:, causal] = np.clip(u[:, None] * (0.5 + rng.beta(2, 2, size=(n, causal.sum())))
+                                + rng.normal(0, 0.1, size=(n, causal.sum())), 0, 1.2)
+    distract = np.zeros((n, R))
+    non_causal = np.flatnonzero(~causal)
+    for i in range(n):
+        hit = rng.choice(non_causal, size=min(non_causal.size, rng.integers(2, 7)), replace=False)
+        distract[i, hit] = rng.uniform(0.8, 1.5, size=hit.size)
+    return damage, distract
+
+
+def _modality_features(rng: np.random.Generator, mean_z: dict[str, np.ndarray],
+                       cortical: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """Region-table columns of each modality and its part of the combined anomaly map."""
+    n, R = mean_z["pet"].shape
+    feats: dict[str, np.ndarray] = {}
+    anomaly_parts = []
+    for m in MODALITIES:
+        mu = mean_z[m]
+        feats[f"{m}_z_mean"] = mu
+        feats[f"{m}_z_p05"] = mu - 1.645 + rng.normal(0, 0.1, (n, R))
+        feats[f"{m}_z_p95"] = mu + 1.645 + rng.normal(0, 0.1, (n, R))
+        feats[f"{m}_frac_absz_gt2"] = np.clip(norm.cdf(-2 - mu) + norm.sf(2 - mu) + rng.normal(0, 0.01, (n, R)), 0, 1)
+        feats[f"{m}_frac_z_lt_m2"] = np.clip(norm.cdf(-2 - mu) + rng.normal(0, 0.01, (n, R)), 0, 1)
+        d = LESION_SIGN[m] * mu  # lesion direction positive
+        # E[max(0, Z)] for Z ~ N(d, 1): the region mean of the clipped voxel map.
+        anomaly_parts.append(d * norm.cdf(d) + norm.pdf(d))
+    feats["pet_focal_z_mean"] = mean_z["pet"] - mean_z["pet"][:, cortical].mean(1, keepdims=True)
+    return feats, anomaly_parts
+
+
+def _present(rng: np.random.Generator, n: int, missing: dict[str, float] | None) -> dict[str, np.ndarray]:
+    """Which patients have each modality."""
+    present = {m: np.ones(n, bool) for m in MODALITIES}
+    miss_frac = {"FLAIR": 0.1, "T1w": 0.05, "pet": 0.04} if missing is None else missing
+    for m, frac in miss_frac.items():
+        k = int(round(frac * n))  # noqa: RUF046 - numpy floats round to floats
+        if k:
+            present[m][rng.choice(n, size=k, replace=False)] = False
+    return present
+
+
+def _feature_array(rng: np.random.Generator, feats: dict[str, np.ndarray], anomaly_parts: list[np.ndarray],
+                   present: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    """(N, R, F) features with the anomaly summaries first; absent modalities NaN."""
+    n, R = feats["pet_z_mean"].shape
+    parts = np.stack(anomaly_parts)  # (M, N, R)
+    pres = np.stack([present[m] for m in MODALITIES])[:, :, None]
+    with np.errstate(invalid="ignore"):
+        anomaly_mean = (parts * pres).sum(0) / pres.sum(0)
+    names = ["anomaly_mean", "anomaly_p95"] + [k for k in feats]
+    table = {"anomaly_mean": anomaly_mean, "anomaly_p95": anomaly_mean + 1.5 + rng.normal(0, 0.1, (n, R)), **feats}
+    X = np.stack([table[k] for k in names], axis=-1).astype(np.float32)
+    for j, name in enumerate(names):
+        group = name.split("_", 1)[0]
+        if group in present:
+            X[~present[group], :, j] = np.nan
+    return X, names
+
+
 def simulate_region_bags(n_patients: int = 50, *, n_regions: int | None = None, seed: int = 0,
                          label_noise: tuple[float, float] = (1.0, 2.0),
                          missing: dict[str, float] | None = None) -> SyntheticCohort:
@@ -111,26 +185,13 @@ def simulate_region_bags(n_patients: int = 50, *, n_regions: int | None = None, 
     missing : dict, optional
         Fraction of patients missing each modality (default FLAIR 0.1, T1w 0.05, pet 0.04).
     """
+    # The random draws follow one fixed order (damage, z maps, labels, features,
+    # missing modalities): a seed always gives the same cohort.
     rng = np.random.default_rng(seed)
     region_index, region_names = _atlas_regions(n_regions)
-    R = len(region_names)
-    causal = np.array([any(p in n for p in CAUSAL_PATTERNS) for n in region_names])
-    cortical = np.array(["_" in n and n.split("_", 1)[0] in ("Left", "Right") and not any(
-        t in n for t in ("Thalamus", "Caudate", "Putamen", "Pallidum", "Accumbens", "Amygdala", "Hippocampus",
-                         "Ventricle", "White", "Cerebell", "Lat_Vent", "Inf_Lat", "Ventral_DC", "vessel")) for n in region_names])
-    if not cortical.any():
-        cortical = ~causal
-    n = n_patients
-    u = rng.beta(1.2, 1.8, size=n)
-    damage = np.zeros((n, R))
-    damage[:, causal] = np.clip(u[:, None] * (0.5 + rng.beta(2, 2, size=(n, causal.sum())))
-                                + rng.normal(0, 0.1, size=(n, causal.sum())), 0, 1.2)
-    distract = np.zeros((n, R))
-    non_causal = np.flatnonzero(~causal)
-    for i in range(n):
-        hit = rng.choice(non_causal, size=min(non_causal.size, rng.integers(2, 7)), replace=False)
-        distract[i, hit] = rng.uniform(0.8, 1.5, size=hit.size)
-
+    causal, cortical = _region_kinds(region_names)
+    n, R = n_patients, len(region_names)
+    damage, distract = _damage(rng, n, causal)
     offset = rng.normal(0, 0.3, size=(n, 1))
     mean_z = {
         "T1w": -1.0 * damage - 2.0 * distract + rng.normal(0, 0.35, (n, R)),
@@ -138,41 +199,12 @@ def simulate_region_bags(n_patients: int = 50, *, n_regions: int | None = None, 
         "pet": -3.0 * damage - 2.0 * distract + offset + rng.normal(0, 0.3, (n, R)),
     }
     c = mean_z["pet"][:, causal].mean(1)
-    crs_true = 23.0 * expit(1.9 * (c + 1.4))
+    crs_true = CRS_MAX * expit(1.9 * (c + 1.4))
     crs_sd = rng.uniform(*label_noise, size=n)
-    crs = np.clip(np.rint(crs_true + rng.normal(0, crs_sd)), 0, 23)
-
-    feats: dict[str, np.ndarray] = {}
-    anomaly_parts = []
-    for m in MODALITIES:
-        mu = mean_z[m]
-        feats[f"{m}_z_mean"] = mu
-        feats[f"{m}_z_p05"] = mu - 1.645 + rng.normal(0, 0.1, (n, R))
-        feats[f"{m}_z_p95"] = mu + 1.645 + rng.normal(0, 0.1, (n, R))
-        feats[f"{m}_frac_absz_gt2"] = np.clip(norm.cdf(-2 - mu) + norm.sf(2 - mu) + rng.normal(0, 0.01, (n, R)), 0, 1)
-        feats[f"{m}_frac_z_lt_m2"] = np.clip(norm.cdf(-2 - mu) + rng.normal(0, 0.01, (n, R)), 0, 1)
-        d = _DIRECTION[m] * mu  # lesion direction positive
-        # E[max(0, Z)] for Z ~ N(d, 1): the region mean of the clipped voxel map.
-        anomaly_parts.append(d * norm.cdf(d) + norm.pdf(d))
-    feats["pet_focal_z_mean"] = mean_z["pet"] - mean_z["pet"][:, cortical].mean(1, keepdims=True)
-
-    present = {m: np.ones(n, bool) for m in MODALITIES}
-    miss_frac = {"FLAIR": 0.1, "T1w": 0.05, "pet": 0.04} if missing is None else missing
-    for m, frac in miss_frac.items():
-        k = int(round(frac * n))
-        if k:
-            present[m][rng.choice(n, size=k, replace=False)] = False
-    parts = np.stack(anomaly_parts)  # (M, N, R)
-    pres = np.stack([present[m] for m in MODALITIES])[:, :, None]
-    with np.errstate(invalid="ignore"):
-        anomaly_mean = (parts * pres).sum(0) / pres.sum(0)
-    names = ["anomaly_mean", "anomaly_p95"] + [k for k in feats]
-    table = {"anomaly_mean": anomaly_mean, "anomaly_p95": anomaly_mean + 1.5 + rng.normal(0, 0.1, (n, R)), **feats}
-    X = np.stack([table[k] for k in names], axis=-1).astype(np.float32)
-    for j, name in enumerate(names):
-        group = name.split("_", 1)[0]
-        if group in present:
-            X[~present[group], :, j] = np.nan
+    crs = np.clip(np.rint(crs_true + rng.normal(0, crs_sd)), 0, CRS_MAX)
+    feats, anomaly_parts = _modality_features(rng, mean_z, cortical)
+    present = _present(rng, n, missing)
+    X, names = _feature_array(rng, feats, anomaly_parts, present)
     g = (100.0 * (1.0 + 0.12 * mean_z["pet"][:, cortical].mean(1)))[:, None]
     g[~present["pet"]] = np.nan
     bags = RegionBags(

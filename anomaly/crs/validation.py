@@ -12,31 +12,35 @@ import itertools
 import math
 import sys
 import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.metrics import cohen_kappa_score
+
+from anomaly.constants import CRS_LEVELS, CRS_MAX
 
 from .features import RegionBags, as_region_bags
-from .losses import N_LEVELS
 from .model import MILRegressor
 
 __all__ = [
     "METRICS",
-    "quadratic_weighted_kappa",
-    "regression_metrics",
-    "bootstrap_metrics",
-    "conformal_quantile",
-    "prediction_interval",
-    "make_splits",
+    "CVResult",
     "MeanBaseline",
     "RidgeBaseline",
+    "bootstrap_metrics",
+    "conformal_quantile",
     "cross_validate",
-    "CVResult",
+    "make_splits",
+    "prediction_interval",
+    "quadratic_weighted_kappa",
+    "regression_metrics",
     "tune_params",
 ]
 
@@ -44,17 +48,17 @@ METRICS = ("mae", "rmse", "spearman", "qwk", "auroc")
 
 
 # --------------------------------------------------------------------------- metrics
-def _round_levels(pred: np.ndarray, n_levels: int = N_LEVELS) -> np.ndarray:
+def _round_levels(pred: np.ndarray, n_levels: int = CRS_LEVELS) -> np.ndarray:
     return np.clip(np.rint(pred), 0, n_levels - 1).astype(int)
 
 
-def quadratic_weighted_kappa(y_true: Sequence[float], y_pred: Sequence[float], *, n_levels: int = N_LEVELS) -> float:
+def quadratic_weighted_kappa(y_true: Sequence[float], y_pred: Sequence[float], *, n_levels: int = CRS_LEVELS) -> float:
     """Cohen's kappa with quadratic weights on levels 0..K-1.
 
-    Predictions are rounded and clipped to the levels first. ``kappa = 1 - sum(W O) /
-    sum(W E)`` with ``O`` the confusion matrix, ``E`` the outer product of its marginals
-    divided by N and ``W_ij = (i - j)^2 / (K - 1)^2``. NaN when undefined (all labels
-    and predictions on one level).
+    Predictions are rounded and clipped to the levels first, then
+    :func:`sklearn.metrics.cohen_kappa_score` (``weights="quadratic"``) scores them on
+    the full scale of levels. NaN when undefined (all labels and predictions on one
+    level).
     """
     a = _round_levels(np.asarray(y_true, dtype=float), n_levels)
     b = _round_levels(np.asarray(y_pred, dtype=float), n_levels)
@@ -62,12 +66,11 @@ def quadratic_weighted_kappa(y_true: Sequence[float], y_pred: Sequence[float], *
 
 
 def _qwk_int(a: np.ndarray, b: np.ndarray, n_levels: int) -> float:
-    observed = np.bincount(a * n_levels + b, minlength=n_levels * n_levels).reshape(n_levels, n_levels).astype(float)
-    expected = np.outer(observed.sum(1), observed.sum(0)) / max(a.size, 1)
-    k = np.arange(n_levels)
-    weights = (k[:, None] - k[None, :]) ** 2 / (n_levels - 1) ** 2
-    denom = (weights * expected).sum()
-    return float(1.0 - (weights * observed).sum() / denom) if denom > 0 else float("nan")
+    # labels= fixes the weights to the whole scale (not only the levels observed).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined kappa: NaN, as documented
+        return float(cohen_kappa_score(a, b, weights="quadratic", labels=np.arange(n_levels),
+                                       replace_undefined_by=np.nan))
 
 
 def _auroc_rows(pos: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -106,7 +109,7 @@ def _metric_rows(y: np.ndarray, pred: np.ndarray, mcs_cut: float, n_levels: int)
 
 
 def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float], *, mcs_cut: float = 8,
-                       n_levels: int = N_LEVELS) -> dict[str, float]:
+                       n_levels: int = CRS_LEVELS) -> dict[str, float]:
     """MAE, RMSE, Spearman rho, quadratic weighted kappa and AUROC for ``crs >= mcs_cut``.
 
     Parameters
@@ -124,7 +127,7 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float], *, mcs_
 
 def bootstrap_metrics(y_true: Sequence[float], y_pred: Sequence[float] | Mapping[str, Sequence[float]], *,
                       n_bootstrap: int = 1000, ci: float = 0.95, seed: int = 0, mcs_cut: float = 8,
-                      n_levels: int = N_LEVELS) -> pd.DataFrame:
+                      n_levels: int = CRS_LEVELS) -> pd.DataFrame:
     """Metrics with percentile bootstrap intervals (patients resampled with replacement).
 
     Parameters
@@ -186,7 +189,7 @@ def conformal_quantile(residuals: Sequence[float], alpha: float = 0.1) -> float:
     return float(r[k - 1]) if 1 <= k <= r.size else float("inf")
 
 
-def prediction_interval(pred: Sequence[float], q: float, *, n_levels: int = N_LEVELS) -> tuple[np.ndarray, np.ndarray]:
+def prediction_interval(pred: Sequence[float], q: float, *, n_levels: int = CRS_LEVELS) -> tuple[np.ndarray, np.ndarray]:
     """``[pred - q, pred + q]`` clipped to 0..K-1."""
     p = np.asarray(pred, dtype=float)
     return np.clip(p - q, 0, n_levels - 1), np.clip(p + q, 0, n_levels - 1)
@@ -207,7 +210,7 @@ class MeanBaseline(RegressorMixin, BaseEstimator):
     decreases with ``y_i``, so its Spearman is -1 and its AUROC 0 by construction.
     """
 
-    def fit(self, bags: RegionBags | np.ndarray, y: Sequence[float], y_sd: Any = None) -> "MeanBaseline":
+    def fit(self, bags: RegionBags | np.ndarray, y: Sequence[float], y_sd: Any = None) -> MeanBaseline:
         self.mean_ = float(np.mean(y))
         return self
 
@@ -231,7 +234,7 @@ class RidgeBaseline(RegressorMixin, BaseEstimator):
     def __init__(self, alphas: Sequence[float] = tuple(np.logspace(-1, 5, 13))) -> None:
         self.alphas = alphas
 
-    def fit(self, bags: RegionBags | np.ndarray, y: Sequence[float], y_sd: Any = None) -> "RidgeBaseline":
+    def fit(self, bags: RegionBags | np.ndarray, y: Sequence[float], y_sd: Any = None) -> RidgeBaseline:
         from sklearn.linear_model import RidgeCV
 
         X = _flatten(as_region_bags(bags))
@@ -253,7 +256,7 @@ class RidgeBaseline(RegressorMixin, BaseEstimator):
 
     def predict(self, bags: RegionBags | np.ndarray) -> np.ndarray:
         X = _flatten(as_region_bags(bags))
-        return np.clip(self.ridge_.predict(self._z(X)), 0, N_LEVELS - 1)
+        return np.clip(self.ridge_.predict(self._z(X)), 0, CRS_MAX)
 
 
 # --------------------------------------------------------------------------- CV
@@ -438,8 +441,31 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
     -------
     CVResult
     """
-    from tqdm.auto import tqdm
+    bags, y, sd = _cv_inputs(bags, y, y_sd, n_jobs)
+    splits = make_splits(len(y), cv, seed=seed)
+    models: dict[str, Callable[[], Any]] = {"mil": _make_estimator(estimator),
+                                            **({"ridge": RidgeBaseline, "mean": MeanBaseline} if baselines else {})}
+    jobs = [(rep, train, test) for rep, folds in enumerate(splits) for train, test in folds]
+    run = partial(_run_fold, models, bags, y, sd, param_grid=param_grid, inner_cv=inner_cv, seed=seed,
+                  single_thread=n_jobs != 1)
+    folds = _out_of_fold(jobs, run, models, len(splits), len(y), n_jobs=n_jobs, desc=f"CV ({cv})", progress=progress)
+    preds = folds["preds"]
+    metrics = bootstrap_metrics(y, preds, n_bootstrap=n_bootstrap, seed=seed, mcs_cut=mcs_cut)
+    # Every repeat's residuals are genuine out-of-fold residuals of a single model (like
+    # the final one); pooling them (rather than averaging predictions) keeps that.
+    q = conformal_quantile((preds["mil"] - y[None]).ravel(), alpha)
+    table = pd.DataFrame({"participant_id": bags.participant_ids, "crs": y,
+                          **{f"crs_pred_{name}": preds[name].mean(0) for name in models},
+                          "crs_pred_mil_sd": preds["mil"].std(0)})
+    att = folds["attention"]
+    return CVResult(predictions=table, metrics=metrics, conformal_quantile=q, alpha=alpha,
+                    attention=None if att is None else att.mean(0), best_params=folds["best_params"],
+                    seconds=folds["seconds"])
 
+
+def _cv_inputs(bags: RegionBags | np.ndarray, y: Sequence[float], y_sd: Sequence[float] | None,
+               n_jobs: Any) -> tuple[RegionBags, np.ndarray, np.ndarray | None]:
+    """Checked bags, labels and label SDs of :func:`cross_validate`."""
     bags = as_region_bags(bags)
     y = np.asarray(y, dtype=float).reshape(-1)
     if y.size != len(bags):
@@ -447,21 +473,27 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
     sd = None if y_sd is None else np.asarray(y_sd, dtype=float).reshape(-1)
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
         raise ValueError(f"n_jobs must be a non-zero integer, got {n_jobs!r}")
-    splits = make_splits(len(y), cv, seed=seed)
-    models: dict[str, Callable[[], Any]] = {"mil": _make_estimator(estimator)}
-    if baselines:
-        models["ridge"] = RidgeBaseline
-        models["mean"] = MeanBaseline
-    n_rep = len(splits)
-    preds = {k: np.full((n_rep, len(y)), np.nan) for k in models}
+    return bags, y, sd
+
+
+def _out_of_fold(jobs: list[tuple[int, np.ndarray, np.ndarray]], run: Callable[..., dict[str, tuple]],
+                 models: Mapping[str, Any], n_rep: int, n: int, *, n_jobs: int, desc: str,
+                 progress: bool) -> dict[str, Any]:
+    """Run every (repeat, train, test) fold and gather its out-of-fold outputs.
+
+    Returns
+    -------
+    dict
+        ``preds`` (model -> (n_rep, N)), ``attention`` ((n_rep, N, R) or None),
+        ``best_params`` (list) and ``seconds`` (model -> float).
+    """
+    from tqdm.auto import tqdm
+
+    preds = {k: np.full((n_rep, n), np.nan) for k in models}
     attention = None
     best_params: list[dict[str, Any]] = []
     seconds = {k: 0.0 for k in models}
-    total = sum(len(folds) for folds in splits)
-    bar = tqdm(total=total, desc=f"CV ({cv})", disable=not progress, file=sys.stderr, leave=False)
-    jobs = [(rep, train, test) for rep, folds in enumerate(splits) for train, test in folds]
-    run = partial(_run_fold, models, bags, y, sd, param_grid=param_grid, inner_cv=inner_cv, seed=seed,
-                  single_thread=n_jobs != 1)
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, file=sys.stderr, leave=False)
     if n_jobs == 1:
         results = (run(train, test) for _, train, test in jobs)
     else:
@@ -478,19 +510,8 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
                 best_params.append(params)
             if att is not None:
                 if attention is None:
-                    attention = np.zeros((n_rep,) + (len(y), att.shape[1]))
+                    attention = np.zeros((n_rep,) + (n, att.shape[1]))
                 attention[rep, test] = att
         bar.update(1)
     bar.close()
-
-    metrics = bootstrap_metrics(y, preds, n_bootstrap=n_bootstrap, seed=seed, mcs_cut=mcs_cut)
-    # Every repeat's residuals are genuine out-of-fold residuals of a single model (like
-    # the final one); pooling them (rather than averaging predictions) keeps that.
-    q = conformal_quantile((preds["mil"] - y[None]).ravel(), alpha)
-    table = pd.DataFrame({"participant_id": bags.participant_ids, "crs": y})
-    for name in models:
-        table[f"crs_pred_{name}"] = preds[name].mean(0)
-    table["crs_pred_mil_sd"] = preds["mil"].std(0)
-    return CVResult(predictions=table, metrics=metrics, conformal_quantile=q, alpha=alpha,
-                    attention=None if attention is None else attention.mean(0), best_params=best_params,
-                    seconds=seconds)
+    return {"preds": preds, "attention": attention, "best_params": best_params, "seconds": seconds}

@@ -1,4 +1,25 @@
-"""The one image gate: every NIfTI the toolkit reads is validated here.
+"""The image gate: every image the toolkit reads comes in through this module.
+
+Two readers, one per kind of image:
+
+- :func:`load_image` for scans (MRI, PET) and anything else whose voxel values must be
+  trusted: it validates the file, the header (before the data are read, so that a
+  corrupt header cannot make us allocate gigabytes), the affine, the field of view
+  and the voxel values, and returns a float32 RAS+ image;
+- :func:`read_map` for derived maps (statistical maps, masks, label images): only
+  read and checked to be 3D, their values (NaN included) kept as they are.
+
+Both raise :class:`~anomaly.io.AnomalyInputError` with one line naming the image.
+
+The field-of-view test of :func:`load_image` compares the box spanned by the voxels
+(centres +- half a voxel) in world coordinates with the MNI152 brain box (x -90..90,
+y -126..90, z -72..108 mm): at least :data:`MIN_MNI_OVERLAP` of the brain box must be
+covered. An image in scanner space, or with a default affine, fails it.
+
+NaN voxels are "inside the brain" when their world position falls inside nilearn's
+MNI152 brain mask (2 mm) eroded by 6 mm; other NaNs are set to 0 with a warning.
+Without the MNI check no brain position is known and all NaNs are set to 0 with a
+warning.
 """
 
 from __future__ import annotations
@@ -16,8 +37,6 @@ import nibabel as nib
 import numpy as np
 
 from anomaly.io.errors import AnomalyInputError, describe_error
-
-# ------------------------------------------------------------------------ images
 
 #: Largest accepted size of one image axis, in voxels.
 MAX_DIM = 2048
@@ -45,7 +64,7 @@ def load_image(
     check_mni: bool = True,
     check_values: bool = True,
 ) -> nib.Nifti1Image:
-    """Load and validate one 3D image: the toolkit's single image gate.
+    """Load and validate one 3D image: the toolkit's single image gate for scans.
 
     Parameters
     ----------
@@ -57,7 +76,8 @@ def load_image(
         the image's file name, or ``"image"``.
     check_mni : bool, default=True
         Refuse images whose field of view does not overlap the MNI152 brain, and use
-        the MNI152 brain mask to decide whether NaN voxels are inside the brain.
+        the MNI152 brain mask to decide whether NaN voxels are inside the brain
+        (both tests are described in the module docstring).
     check_values : bool, default=True
         Check voxel values (Inf, NaN, constant image). Turn off for masks and label
         images, which may legitimately be empty; their values are then returned as
@@ -84,27 +104,25 @@ def load_image(
     -----
     UserWarning
         When NaN voxels outside the brain (as written by SPM for PET) are set to 0.
-
-    Notes
-    -----
-    The field-of-view test compares the box spanned by the voxels (centres +- half a
-    voxel) in world coordinates with the MNI152 brain box (x -90..90, y -126..90,
-    z -72..108 mm): at least :data:`MIN_MNI_OVERLAP` of the brain box must be covered.
-    An image in scanner space, or with a default affine, fails it.
-
-    NaN voxels are "inside the brain" when their world position falls inside
-    nilearn's MNI152 brain mask (2 mm) eroded by 6 mm; other NaNs are set to 0 with a
-    warning. Without ``check_mni`` no brain position is known and all NaNs are set
-    to 0 with a warning.
     """
     source, label = _open_image(img, name)
+    # Header first: a corrupt header must not make us allocate gigabytes.
+    spatial = _check_header(source, label)
+    affine = np.asarray(source.affine, dtype=np.float64)
+    _check_affine(affine, label)
+    if check_mni:
+        _check_mni_overlap(spatial, affine, label)
+    _check_data_size(source, label)
+    data = _read_data(source, label).reshape(spatial)
+    if check_values:
+        data = _check_values(data, affine, label, check_mni)
+    return _canonical_image(data, affine, _xform_code(source))
 
-    # Everything below that comes from the header is checked before the data are
-    # read, so that a corrupt header cannot make us allocate gigabytes.
+
+def _check_header(source: nib.spatialimages.SpatialImage, label: str) -> tuple[int, int, int]:
+    """The spatial shape, after checking the header's shape and data type."""
     shape = tuple(int(s) for s in source.shape)
     _check_shape(shape, label)
-    spatial = shape[:3]
-
     dtype = np.dtype(source.get_data_dtype())
     if dtype.kind == "c":
         raise AnomalyInputError(
@@ -114,20 +132,12 @@ def load_image(
         raise AnomalyInputError(
             f"{label}: image has unsupported data type {dtype}; expected numeric voxel values"
         )
+    return shape[:3]
 
-    affine = np.asarray(source.affine, dtype=np.float64)
-    _check_affine(affine, label)
-    if check_mni:
-        _check_mni_overlap(spatial, affine, label)
 
-    _check_data_size(source, label)
-    data = _read_data(source, label).reshape(spatial)
-
-    if check_values:
-        data = _check_values(data, affine, label, check_mni)
-
+def _canonical_image(data: np.ndarray, affine: np.ndarray, code: int) -> nib.Nifti1Image:
+    """float32 RAS+ image whose sform and qform both hold ``affine`` with ``code``."""
     out = nib.Nifti1Image(data, affine)
-    code = _xform_code(source)
     out.set_sform(affine, code=code)
     out.set_qform(affine, code=code)
     out.header.set_xyzt_units(xyz="mm")

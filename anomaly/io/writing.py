@@ -1,4 +1,9 @@
-"""Atomic writes (an interrupted run never leaves a half-written file) and output folders.
+"""Everything the toolkit writes: atomic writes and output folders.
+
+Every output (image, TSV, JSON, text, bytes) goes through :func:`atomic_path`, so that an
+interrupted run never leaves a half-written file; :func:`jsonable` turns numpy values,
+paths and non-finite floats into strict-JSON values. :func:`check_output_dir` validates and creates an output folder
+that is writable and never inside an input.
 """
 
 from __future__ import annotations
@@ -234,21 +239,7 @@ def check_output_dir(
     label = str(out_dir)
     out = Path(out_dir).expanduser().resolve()
     for item in inputs:
-        source = Path(item).expanduser().resolve()
-        if source == out:
-            raise AnomalyInputError(
-                f"{label}: output folder is the input {item}; choose another one"
-            )
-        folder = source if source.is_dir() else _dataset_root(source)
-        if folder is None:
-            continue
-        if out == folder or folder in out.parents:
-            if (folder / "derivatives") in (out, *out.parents) and out != folder / "derivatives":
-                continue
-            raise AnomalyInputError(
-                f"{label}: output folder is inside the input dataset {folder}; "
-                f"choose a folder outside it (or under {folder / 'derivatives'})"
-            )
+        _check_outside_input(out, item, label)
     if out.exists() and not out.is_dir():
         raise AnomalyInputError(f"{label}: exists and is a file; expected an output folder")
     try:
@@ -257,6 +248,32 @@ def check_output_dir(
         raise AnomalyInputError(
             f"{label}: cannot create output folder ({describe_error(exc)})"
         ) from exc
+    _check_writable(out, label)
+    return out
+
+
+def _check_outside_input(out: Path, item: str | os.PathLike, label: str) -> None:
+    """Refuse an output folder that is an input or inside an input folder or dataset."""
+    source = Path(item).expanduser().resolve()
+    if source == out:
+        raise AnomalyInputError(
+            f"{label}: output folder is the input {item}; choose another one"
+        )
+    folder = source if source.is_dir() else _dataset_root(source)
+    if folder is None:
+        return
+    if out == folder or folder in out.parents:
+        # BIDS recommends <dataset>/derivatives/<pipeline> for outputs.
+        if (folder / "derivatives") in (out, *out.parents) and out != folder / "derivatives":
+            return
+        raise AnomalyInputError(
+            f"{label}: output folder is inside the input dataset {folder}; "
+            f"choose a folder outside it (or under {folder / 'derivatives'})"
+        )
+
+
+def _check_writable(out: Path, label: str) -> None:
+    """Refuse a folder we cannot write to (permissions, read-only file system...)."""
     if not os.access(out, os.W_OK | os.X_OK):
         raise AnomalyInputError(f"{label}: output folder is not writable")
     probe = out / f".anomaly-write-test.{os.getpid()}.{secrets.token_hex(4)}"
@@ -267,4 +284,3 @@ def check_output_dir(
         raise AnomalyInputError(
             f"{label}: output folder is not writable ({describe_error(exc)})"
         ) from exc
-    return out

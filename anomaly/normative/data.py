@@ -1,4 +1,5 @@
-"""Preprocessed-subject cache and the torch dataset that streams it.
+"""Preprocessed-subject cache, the statistics gathered while filling it, and the
+torch dataset that streams it.
 
 Training reads every control many times, so each one is preprocessed once (resampled
 to the model grid, intensity-normalised) and stored as a float16 ``.npy`` file. The
@@ -8,15 +9,15 @@ dataset memory-maps those files, so memory stays flat however many subjects ther
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from anomaly.io import Subject, atomic_path
-from anomaly.normative.calibration import standardise  # noqa: F401 - re-exported
+from anomaly.io import AnomalyInputError, Subject, atomic_path
+from anomaly.normative.calibration import standardise
 from anomaly.preprocess import Preprocessed
 
 
@@ -81,12 +82,10 @@ def build_cache(subjects: Sequence[Subject], cache_dir: Path, settings: dict,
             prep = preprocess(subject)
             present = prep.present
             stored = prep.data.astype(np.float16)
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, stored)
-            with atomic_path(present_path) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, present)
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, stored)
+            with atomic_path(present_path) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, present)
             if on_subject is not None:
                 # The stored (float16) values, as a later run reusing the cache sees them:
                 # a resumed fit must compute the same normalisation statistics.
@@ -124,3 +123,56 @@ class CachedDataset(torch.utils.data.Dataset):
         data = np.load(subject.path, mmap_mode="r").astype(np.float32)
         images = standardise(data, subject.present, self.mean, self.std, self.mask)
         return torch.from_numpy(images), torch.from_numpy(np.asarray(subject.present, bool))
+
+
+class ChannelStatistics:
+    """Streamed statistics of the training controls, accumulated while caching.
+
+    Per channel, inside the brain mask: count, sum and sum of squares (for the
+    standardisation), and the voxelwise mean image (the normative mean, used for the
+    global PET level). Sums are float64 so that the order of subjects does not matter
+    at float32 precision.
+
+    Parameters
+    ----------
+    modalities : sequence of str
+    mask : ndarray of bool, shape (X, Y, Z)
+    labels : collection of str
+        Subjects that count (the training controls); others are skipped.
+    """
+
+    def __init__(self, modalities: Sequence[str], mask: np.ndarray, labels: Collection[str]) -> None:
+        self.modalities = list(modalities)
+        self.mask = mask
+        self.labels = set(labels)
+        n = len(self.modalities)
+        self.sums = np.zeros((n, 3))  # count, sum, sum of squares inside the brain
+        self.mean_acc = np.zeros((n,) + mask.shape)
+        self.mean_count = np.zeros(n)
+
+    def add(self, subject: Subject, prep: Preprocessed) -> None:
+        """Accumulate one subject (a callback of :func:`build_cache`)."""
+        if subject.label not in self.labels:
+            return
+        for c in np.flatnonzero(prep.present):
+            values = prep.data[c][self.mask].astype(np.float64)
+            self.sums[c] += (values.size, values.sum(), (values ** 2).sum())
+            self.mean_acc[c] += prep.data[c]
+            self.mean_count[c] += 1
+
+    def finalise(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Channel mean and SD (float64) and the mean image per channel (float32).
+
+        Raises
+        ------
+        AnomalyInputError
+            A modality that no training control has.
+        """
+        sums = self.sums
+        if np.any(sums[:, 0] == 0):
+            missing = [m for m, n in zip(self.modalities, sums[:, 0]) if n == 0]
+            raise AnomalyInputError(f"no training control has modality {', '.join(missing)}")
+        mean = sums[:, 1] / sums[:, 0]
+        std = np.sqrt(np.maximum(sums[:, 2] / sums[:, 0] - mean ** 2, 1e-12))
+        image = self.mean_acc / np.maximum(self.mean_count, 1)[:, None, None, None]
+        return mean, std, image.astype(np.float32)

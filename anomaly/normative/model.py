@@ -1,4 +1,4 @@
-"""The normative model estimator: fit on healthy controls, score any subject.
+"""The normative model estimator: fit on healthy controls, map any subject's deviation.
 
 Two methods share one API and one calibration:
 
@@ -13,96 +13,59 @@ Two methods share one API and one calibration:
 
 Calibration (:mod:`anomaly.normative.calibration`) turns residuals into signed z maps
 per modality with a voxelwise linear model of age and sex, fitted on controls the
-network never saw (``val_fraction`` of them; the z-score model uses all controls).
+network never saw (``val_fraction`` of them; the z-score model uses all controls). The
+maps combine into one anomaly map as :mod:`anomaly.normative.maps` describes.
 
-Combined anomaly map: each modality contributes its z in the direction a lesion pushes
-it (:data:`LESION_SIGN`: lower T1w signal and lower FDG uptake, higher FLAIR/T2w
-signal), clipped at zero; the map is the mean of these over the modalities present, so
-it is >= 0, in z units, and comparable between subjects missing different modalities.
+The estimator follows scikit-learn: ``__init__`` only stores its arguments, ``fit``
+learns attributes ending in ``_``, :meth:`NormativeModel.transform` returns the maps.
+Training, the distributed set-up, the work folder and the model folder live in their
+own modules; the steps of ``fit`` are the methods below it.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
 import numpy as np
+from sklearn.base import BaseEstimator
 
-from anomaly.io import AnomalyInputError, Subject
-from anomaly.normative.calibration import smooth_in_mask
-from anomaly.preprocess import Grid, Preprocessed, make_grid, preprocess_subject, template_images
+from anomaly.constants import LESION_SIGN, SPACE_LABEL
+from anomaly.io import AnomalyInputError, AnomalyModelError, Subject
+from anomaly.normative.calibration import CalibrationMaps, smooth_in_mask, standardise
+from anomaly.normative.controls import (
+    ControlSplit,
+    calibration_size,
+    choose_modalities,
+    select_controls,
+    split_controls,
+)
+from anomaly.normative.maps import SubjectScore, combine_anomaly
+from anomaly.normative.modelio import METADATA, WEIGHTS, NormativeFiles, read_metadata
+from anomaly.preprocess import (
+    Grid,
+    Preprocessed,
+    make_grid,
+    preprocess_subject,
+    template_images,
+)
 
-#: Sign of a lesion's effect per modality (BIDS suffix); others default to +1.
-LESION_SIGN = {"T1w": -1.0, "T2w": 1.0, "FLAIR": 1.0, "pet": -1.0, "PD": 1.0}
+if TYPE_CHECKING:
+    from anomaly.normative.data import CachedSubject
+    from anomaly.normative.distributed import DistributedContext
+
+__all__ = ["LESION_SIGN", "METHODS", "NormativeModel", "SubjectScore", "calibration_size",
+           "combine_anomaly", "read_metadata"]
+
 METHODS = ("ae", "zscore")
 #: Atlas region patterns used as PET reference regions (Neuromorphometrics names).
 PET_REFERENCE_PATTERNS = {"cerebellum": "Cerebell", "brainstem": "Brain_Stem"}
 
 
-@dataclass
-class SubjectScore:
-    """Voxel maps of one scored subject, all on the model grid.
-
-    Attributes
-    ----------
-    z : ndarray, shape (C, X, Y, Z)
-        Signed z map per modality; NaN for modalities the subject lacks.
-    anomaly : ndarray, shape (X, Y, Z)
-        Combined non-negative anomaly map.
-    present : ndarray of bool, shape (C,)
-    modalities : list of str
-    data : ndarray, shape (C, X, Y, Z)
-        Normalised input intensities (MRI robust z, PET SUVR).
-    qc : dict
-        Preprocessing quality checks.
-    grid : Grid
-    """
-
-    z: np.ndarray
-    anomaly: np.ndarray
-    present: np.ndarray
-    modalities: list[str]
-    data: np.ndarray
-    qc: dict
-    grid: Grid
-
-    def to_image(self, array: np.ndarray) -> nib.Nifti1Image:
-        """Wrap a map of this subject as a NIfTI image in MNI space."""
-        return self.grid.to_image(np.asarray(array, np.float32))
-
-
-def combine_anomaly(z: np.ndarray, present: np.ndarray, modalities: Sequence[str],
-                    mask: np.ndarray) -> np.ndarray:
-    """Mean over present modalities of the lesion-direction z, clipped at zero.
-
-    NaN voxels of a modality (outside its image's field of view) are left out of the
-    mean at that voxel, so a partial scan does not dilute or fake an anomaly.
-    """
-    total = np.zeros(mask.shape, np.float32)
-    count = np.zeros(mask.shape, np.float32)
-    for c, m in enumerate(modalities):
-        if not present[c]:
-            continue
-        part = np.clip(LESION_SIGN.get(m, 1.0) * z[c], 0, None)
-        covered = np.isfinite(part)
-        total += np.where(covered, part, 0.0)  # sums in place: no stacked copy of the maps
-        count += covered
-    anomaly = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    return (anomaly * mask).astype(np.float32, copy=False)
-
-
-def calibration_size(n_controls: int, val_fraction: float) -> int:
-    """Number of controls held out for calibration: the fraction, but at least
-    ``min(8, n_controls // 2)``."""
-    return max(int(round(val_fraction * n_controls)), min(8, n_controls // 2), 2)
-
-
-class NormativeModel:
-    """Normative model of healthy brains (scikit-learn style estimator).
+class NormativeModel(BaseEstimator):
+    """Normative model of healthy brains (a scikit-learn estimator).
 
     Parameters
     ----------
@@ -135,6 +98,25 @@ class NormativeModel:
         PET SUVR reference region.
     seed : int
     device : {"auto", "cpu", "cuda"}
+
+    Attributes
+    ----------
+    modalities_ : list of str
+    grid_ : Grid
+    mask_ : ndarray of bool
+        Template brain mask on the grid.
+    channel_mean_, channel_std_ : ndarray, shape (C,)
+        Standardisation learnt on the training controls.
+    control_mean_ : ndarray, shape (C, X, Y, Z)
+        Mean normalised image of the training controls.
+    network_ : torch.nn.Module or None
+        The autoencoder (method "ae").
+    history_ : list of dict
+        Per-epoch training log.
+    calibration_ : CalibrationMaps
+    covariates_ : bool
+    n_train_, n_calibration_ : int
+    train_summary_ : dict
     """
 
     def __init__(self, method: str = "ae", *, modalities: Sequence[str] | None = None,
@@ -161,14 +143,7 @@ class NormativeModel:
         self.seed = seed
         self.device = device
 
-    # ------------------------------------------------------------------ helpers
-    def get_params(self) -> dict:
-        """Constructor arguments, as scikit-learn's ``get_params`` returns them."""
-        keys = ("method", "modalities", "resolution", "epochs", "batch_size", "lr", "channels",
-                "noise_scale", "noise_coarseness", "modality_dropout", "val_fraction",
-                "covariates", "smooth_sigma", "pet_reference", "seed", "device")
-        return {k: getattr(self, k) for k in keys}
-
+    # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
         if self.method not in METHODS:
             raise AnomalyInputError(f"method: expected one of {', '.join(METHODS)}; got {self.method!r}")
@@ -184,6 +159,11 @@ class NormativeModel:
         if not hasattr(self, "calibration_"):
             raise RuntimeError("this NormativeModel is not fitted yet; call fit() or load()")
 
+    def _check_fitted_network(self) -> None:
+        if getattr(self, "network_", None) is None:
+            raise RuntimeError("this model has no network (method 'zscore' or not fitted)")
+
+    # -------------------------------------------------------------- preprocess
     def _reference_masks(self, grid: Grid) -> dict[str, np.ndarray]:
         from anomaly.atlas import DEFAULT_ATLAS, Atlas
 
@@ -202,15 +182,15 @@ class NormativeModel:
         """
         grid = self.grid_ if hasattr(self, "grid_") else make_grid(self.resolution)
         modalities = self.modalities_ if hasattr(self, "modalities_") else list(self.modalities)
-        if not hasattr(self, "_ref_masks"):
+        if not hasattr(self, "_ref_masks"):  # a cache, not a fitted attribute
             self._ref_masks = self._reference_masks(grid)
         return preprocess_subject(images, grid, modalities, pet_reference=self.pet_reference,
                                   reference_masks=self._ref_masks)
 
-    # ---------------------------------------------------------------------- fit
+    # --------------------------------------------------------------------- fit
     def fit(self, subjects: Sequence[Subject], *, workdir: str | Path | None = None,
             resume: bool = False, progress: bool = True, num_workers: int = 0,
-            keep_cache: bool = False) -> "NormativeModel":
+            keep_cache: bool = False) -> NormativeModel:
         """Fit the model on healthy controls.
 
         Parameters
@@ -233,140 +213,107 @@ class NormativeModel:
         -------
         self
         """
-        import shutil
-        import tempfile
+        from anomaly.normative.distributed import init_distributed
+        from anomaly.normative.workdir import fit_workdir
 
+        self._check_params()
+        controls = select_controls(subjects)
+        self.modalities_ = choose_modalities(controls, self.modalities)
+        self.grid_ = make_grid(self.resolution)
+        self.mask_ = template_images(self.grid_)["mask"] > 0.5
+        ctx = init_distributed(self.device)
+        with fit_workdir(workdir, ctx, keep_cache=keep_cache) as work:
+            split = split_controls(len(controls), self.val_fraction, method=self.method, seed=self.seed)
+            cached, mean, std = self._cache_controls(controls, split, work.cache,
+                                                     progress=progress and ctx.is_main)
+            self._train_network(cached, split, mean, std, work.path, ctx, resume=resume,
+                                progress=progress, num_workers=num_workers)
+            self._calibrate(cached, split, mean, std, progress=progress and ctx.is_main)
+            self._summarise(controls, split)
+        return self
+
+    def _cache_controls(self, controls: Sequence[Subject], split: ControlSplit, cache_dir: Path, *,
+                        progress: bool) -> tuple[list[CachedSubject], np.ndarray, np.ndarray]:
+        """Preprocess every control once into the cache and learn the standardisation.
+
+        Returns the cached subjects and the float64 channel mean and SD (the fitted
+        attributes keep float32 copies).
+        """
+        from anomaly.normative.data import ChannelStatistics, build_cache
+
+        stats = ChannelStatistics(self.modalities_, self.mask_, {controls[i].label for i in split.train})
+        settings = {"modalities": tuple(self.modalities_), "resolution": float(self.resolution),
+                    "pet_reference": self.pet_reference, "grid": self.grid_.shape}
+        # Every rank builds (or reuses) the cache: each needs the arrays it trains on.
+        cached = build_cache(controls, cache_dir, settings, lambda s: self.preprocess(s.images),
+                             on_subject=stats.add, progress=progress)
+        mean, std, self.control_mean_ = stats.finalise()
+        self.channel_mean_ = mean.astype(np.float32)
+        self.channel_std_ = std.astype(np.float32)
+        return cached, mean, std
+
+    def _train_network(self, cached: Sequence[CachedSubject], split: ControlSplit, mean: np.ndarray,
+                       std: np.ndarray, workdir: Path, ctx: DistributedContext, *, resume: bool,
+                       progress: bool, num_workers: int) -> None:
+        """Train the autoencoder on the training controls (method "ae" only)."""
+        self.network_ = None
+        self.history_ = []
+        if self.method != "ae":
+            return
         import torch
 
         from anomaly.normative import trainer
-        from anomaly.normative.calibration import VoxelwiseLinearModel
-        from anomaly.normative.data import CachedDataset, build_cache, standardise
+        from anomaly.normative.data import CachedDataset
         from anomaly.normative.network import build_network
 
-        self._check_params()
-        controls = [s for s in subjects if s.group == "control"]
-        if len(controls) < 4:
-            raise AnomalyInputError(
-                f"fit-normative needs at least 4 controls (group 'control' in participants.tsv); "
-                f"found {len(controls)}")
-        modalities = self._choose_modalities(controls)
-        self.modalities_ = modalities
-        self.grid_ = make_grid(self.resolution)
-        grid = self.grid_
-        mask = template_images(grid)["mask"] > 0.5
-        self.mask_ = mask
-        ctx = trainer.init_distributed(self.device)
+        torch.manual_seed(self.seed)
+        network = build_network(len(self.modalities_), self.channels)
+        train_set = CachedDataset([cached[i] for i in split.train], mean, std, self.mask_)
+        val_set = CachedDataset([cached[i] for i in split.calibration], mean, std, self.mask_)
+        settings = trainer.TrainSettings(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            noise_scale=self.noise_scale, noise_coarseness=self.noise_coarseness,
+            modality_dropout=self.modality_dropout, seed=self.seed)
+        self.history_ = trainer.train_autoencoder(
+            network, train_set, val_set, self.mask_, settings, workdir, ctx=ctx, resume=resume,
+            progress=progress, num_workers=num_workers)
+        self.network_ = network.cpu().eval()
+        self.device_ = ctx.device
 
-        tmp_workdir = workdir is None
-        workdir = Path(tempfile.mkdtemp(prefix="anomaly-fit-")) if tmp_workdir else Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        cache_dir = workdir / "cache"
-
-        # Split controls: training set for the network, held-out set for calibration.
-        rng = np.random.default_rng(self.seed)
-        order = rng.permutation(len(controls))
-        n_cal = calibration_size(len(controls), self.val_fraction)
-        if self.method == "ae":
-            cal_idx, train_idx = order[:n_cal], order[n_cal:]
-        else:
-            cal_idx, train_idx = order, order
-        n_channels = len(modalities)
-        sums = np.zeros((n_channels, 3))  # count, sum, sum of squares inside the brain
-        mean_acc = np.zeros((n_channels,) + grid.shape)
-        mean_count = np.zeros(n_channels)
-        train_labels = {controls[i].label for i in train_idx}
-
-        def accumulate(subject: Subject, prep: Preprocessed) -> None:
-            # Statistics of the training controls only: standardisation and the
-            # normative mean image (used for the global PET level).
-            if subject.label not in train_labels:
-                return
-            for c in np.flatnonzero(prep.present):
-                values = prep.data[c][mask].astype(np.float64)
-                sums[c] += (values.size, values.sum(), (values ** 2).sum())
-                mean_acc[c] += prep.data[c]
-                mean_count[c] += 1
-
-        settings = {"modalities": tuple(modalities), "resolution": float(self.resolution),
-                    "pet_reference": self.pet_reference, "grid": grid.shape}
-        # Every rank builds (or reuses) the cache: each needs the arrays it trains on.
-        cached = build_cache(controls, cache_dir, settings, lambda s: self.preprocess(s.images),
-                             on_subject=accumulate, progress=progress and ctx.is_main)
-        if np.any(sums[:, 0] == 0):
-            missing = [m for m, n in zip(modalities, sums[:, 0]) if n == 0]
-            raise AnomalyInputError(f"no training control has modality {', '.join(missing)}")
-        channel_mean = sums[:, 1] / sums[:, 0]
-        channel_std = np.sqrt(np.maximum(sums[:, 2] / sums[:, 0] - channel_mean ** 2, 1e-12))
-        self.channel_mean_ = channel_mean.astype(np.float32)
-        self.channel_std_ = channel_std.astype(np.float32)
-        self.control_mean_ = (mean_acc / np.maximum(mean_count, 1)[:, None, None, None]).astype(np.float32)
-
-        self.network_ = None
-        self.history_ = []
-        if self.method == "ae":
-            torch.manual_seed(self.seed)
-            network = build_network(n_channels, self.channels)
-            train_set = CachedDataset([cached[i] for i in train_idx], channel_mean, channel_std, mask)
-            val_set = CachedDataset([cached[i] for i in cal_idx], channel_mean, channel_std, mask)
-            settings_t = trainer.TrainSettings(
-                epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                noise_scale=self.noise_scale, noise_coarseness=self.noise_coarseness,
-                modality_dropout=self.modality_dropout, seed=self.seed)
-            self.history_ = trainer.train_autoencoder(
-                network, train_set, val_set, mask, settings_t, workdir, ctx=ctx, resume=resume,
-                progress=progress, num_workers=num_workers)
-            self.network_ = network.cpu().eval()
-            self.device_ = ctx.device
-
-        # Calibration on the held-out controls (all controls for zscore).
-        use_cov = self.covariates
-        if use_cov == "auto":
-            use_cov = len(cal_idx) >= 10
-        ages = [controls[i].age for i in cal_idx if controls[i].age is not None]
-        age_ref = float(np.median(ages)) if ages else 50.0
-        vlm = VoxelwiseLinearModel((n_channels,) + grid.shape, mask, covariates=bool(use_cov),
-                                   age_ref=age_ref)
+    def _calibrate(self, cached: Sequence[CachedSubject], split: ControlSplit, mean: np.ndarray,
+                   std: np.ndarray, *, progress: bool) -> None:
+        """Fit the voxelwise calibration on the held-out controls (all for zscore)."""
         from tqdm.auto import tqdm
-        for i in tqdm(cal_idx, desc="calibrating", unit="subject", disable=not (progress and ctx.is_main)):
-            sub = cached[i]
+
+        from anomaly.normative.calibration import VoxelwiseLinearModel
+
+        cal = [cached[i] for i in split.calibration]
+        use_cov = len(cal) >= 10 if self.covariates == "auto" else self.covariates
+        ages = [s.age for s in cal if s.age is not None]
+        vlm = VoxelwiseLinearModel((len(self.modalities_),) + self.grid_.shape, self.mask_,
+                                   covariates=bool(use_cov),
+                                   age_ref=float(np.median(ages)) if ages else 50.0)
+        for sub in tqdm(cal, desc="calibrating", unit="subject", disable=not progress):
             data = np.load(sub.path, mmap_mode="r").astype(np.float32)
-            std_data = standardise(data, sub.present, channel_mean, channel_std, mask)
-            residual = self._residual(std_data, sub.present)
-            vlm.add(residual, sub.present, sub.age, sub.sex)
+            std_data = standardise(data, sub.present, mean, std, self.mask_)
+            vlm.add(self._residual(std_data, sub.present), sub.present, sub.age, sub.sex)
         self.calibration_ = vlm.finalise()
-        self.n_train_ = len(train_idx)
-        self.n_calibration_ = len(cal_idx)
         self.covariates_ = bool(use_cov)
+
+    def _summarise(self, controls: Sequence[Subject], split: ControlSplit) -> None:
+        """Record who trained and who calibrated the model."""
+        ages = [controls[i].age for i in split.calibration if controls[i].age is not None]
+        self.n_train_ = len(split.train)
+        self.n_calibration_ = len(split.calibration)
         self.train_summary_ = {
-            "n_controls": len(controls), "n_train": int(len(train_idx)),
-            "n_calibration": int(len(cal_idx)),
-            "train_labels": sorted(controls[i].label for i in train_idx),
-            "calibration_labels": sorted(controls[i].label for i in cal_idx),
+            "n_controls": len(controls), "n_train": len(split.train),
+            "n_calibration": len(split.calibration),
+            "train_labels": sorted(controls[i].label for i in split.train),
+            "calibration_labels": sorted(controls[i].label for i in split.calibration),
             "age_range": [float(min(ages)), float(max(ages))] if ages else None,
         }
-        if ctx.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.barrier()  # every rank has read the shared cache before it goes
-        if not keep_cache and (ctx.is_main or tmp_workdir):
-            shutil.rmtree(cache_dir, ignore_errors=True)
-        if tmp_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-        return self
 
-    def _choose_modalities(self, controls: Sequence[Subject]) -> list[str]:
-        available = set.intersection(*(set(s.images) for s in controls))
-        if self.modalities:
-            wanted = list(self.modalities)
-            unknown = [m for m in wanted if not any(m in s.images for s in controls)]
-            if unknown:
-                raise AnomalyInputError(
-                    f"--modalities: no control has {', '.join(unknown)}; "
-                    f"available: {', '.join(sorted(set().union(*(s.images for s in controls))))}")
-            return wanted
-        if not available:
-            raise AnomalyInputError("no modality is shared by all controls; choose with --modalities")
-        order = ["T1w", "T2w", "FLAIR", "pet"]
-        return sorted(available, key=lambda m: (order.index(m) if m in order else len(order), m))
-
+    # --------------------------------------------------------------- residuals
     def _residual(self, std_data: np.ndarray, present: np.ndarray) -> np.ndarray:
         """Residual maps (standardised units), smoothed, zero where absent."""
         if self.method == "ae":
@@ -396,13 +343,9 @@ class NormativeModel:
             recon = net(network_input(x, p))[0].cpu().numpy()
         return recon * self.mask_
 
-    def _check_fitted_network(self) -> None:
-        if getattr(self, "network_", None) is None:
-            raise RuntimeError("this model has no network (method 'zscore' or not fitted)")
-
-    # -------------------------------------------------------------------- score
-    def score(self, images: Mapping[str, object] | Preprocessed, *, age: float | None = None,
-              sex: str | None = None) -> SubjectScore:
+    # --------------------------------------------------------------- transform
+    def transform(self, images: Mapping[str, object] | Preprocessed, *, age: float | None = None,
+                  sex: str | None = None) -> SubjectScore:
         """Voxelwise z maps and the combined anomaly map of one subject.
 
         Parameters
@@ -416,8 +359,6 @@ class NormativeModel:
         -------
         SubjectScore
         """
-        from anomaly.normative.calibration import standardise
-
         self._check_fitted()
         prep = images if isinstance(images, Preprocessed) else self.preprocess(images)
         std_data = standardise(prep.data, prep.present, self.channel_mean_, self.channel_std_, self.mask_)
@@ -432,20 +373,107 @@ class NormativeModel:
         return SubjectScore(z=z, anomaly=anomaly, present=prep.present, modalities=list(self.modalities_),
                             data=prep.data, qc=prep.qc, grid=self.grid_)
 
-    # ------------------------------------------------------------------ save/load
+    def score(self, images: Mapping[str, object] | Preprocessed, *, age: float | None = None,
+              sex: str | None = None) -> SubjectScore:
+        """Deprecated alias of :meth:`transform` (scikit-learn's ``score`` is a number)."""
+        warnings.warn("NormativeModel.score() is deprecated and will be removed; it returns maps, "
+                      "use NormativeModel.transform()", FutureWarning, stacklevel=2)
+        return self.transform(images, age=age, sex=sex)
+
+    # --------------------------------------------------------------- save/load
     def save(self, folder: str | Path) -> Path:
-        """Write the model folder (metadata.json + safetensors weights)."""
-        from anomaly.normative.modelio import save_model
+        """Write the model folder (metadata.json + safetensors files), atomically."""
+        from anomaly.normative.modelio import write_normative_folder
 
         self._check_fitted()
-        return save_model(self, Path(folder))
+        return write_normative_folder(Path(folder), self._metadata(), self._calibration_arrays(),
+                                      self._weights())
 
     @classmethod
-    def load(cls, folder: str | Path, *, device: str = "cpu") -> "NormativeModel":
+    def load(cls, folder: str | Path, *, device: str = "cpu") -> NormativeModel:
         """Load a model folder written by :meth:`save`, verifying hashes and versions."""
-        from anomaly.normative.modelio import load_model
+        from anomaly.normative.modelio import read_normative_folder
 
-        return load_model(Path(folder), device=device)
+        files = read_normative_folder(Path(folder))
+        try:
+            model = cls(**{**files.metadata["training"], "device": device})
+        except (KeyError, TypeError) as exc:
+            raise AnomalyModelError(f"{files.path / METADATA}: inconsistent model settings ({exc})") from None
+        model._set_fitted_state(files, device=device)
+        return model
+
+    def _metadata(self) -> dict[str, Any]:
+        """What ``metadata.json`` records of this fitted model."""
+        params = self.get_params()
+        params["modalities"] = list(self.modalities_)
+        params["channels"] = list(params["channels"])
+        cal = self.calibration_
+        return {
+            "method": self.method,
+            "modalities": list(self.modalities_),
+            "grid": {**self.grid_.to_dict(), "resolution": float(self.grid_.resolution),
+                     "space": SPACE_LABEL},
+            "normalisation": {"mri": "robust z (median, IQR/1.349) in the template brain mask",
+                              "pet": f"SUVR, reference {self.pet_reference}",
+                              "channel_mean": self.channel_mean_.tolist(),
+                              "channel_std": self.channel_std_.tolist()},
+            "calibration": {"covariates": ["age", "sex"] if cal.covariates else [],
+                            "age_ref": cal.age_ref, "n_subjects": cal.n_subjects.tolist(),
+                            "smooth_sigma_voxels": self.smooth_sigma},
+            "training": params,
+            "history": self.history_,
+            "data": self.train_summary_,
+        }
+
+    def _calibration_arrays(self) -> dict[str, np.ndarray]:
+        cal = self.calibration_
+        return {"beta": cal.beta, "sd": cal.sd, "n_subjects": cal.n_subjects.astype(np.int64),
+                "mask": self.mask_.astype(np.uint8), "channel_mean": self.channel_mean_,
+                "channel_std": self.channel_std_, "control_mean": self.control_mean_}
+
+    def _weights(self) -> dict | None:
+        if self.network_ is None:
+            return None
+        return {k: v.detach().cpu().contiguous() for k, v in self.network_.state_dict().items()}
+
+    def _set_fitted_state(self, files: NormativeFiles, *, device: str = "cpu") -> None:
+        """Restore every fitted attribute from a model folder's content."""
+        meta, arrays = files.metadata, files.calibration
+        try:
+            self.grid_ = Grid(shape=tuple(meta["grid"]["shape"]), affine=np.asarray(meta["grid"]["affine"]),
+                              resolution=float(meta["grid"]["resolution"]))
+            self.modalities_ = list(meta["modalities"])
+            self.mask_ = arrays["mask"].astype(bool)
+            self.channel_mean_ = arrays["channel_mean"]
+            self.channel_std_ = arrays["channel_std"]
+            self.control_mean_ = arrays["control_mean"]
+            cal = meta["calibration"]
+            self.calibration_ = CalibrationMaps(beta=arrays["beta"], sd=arrays["sd"],
+                                                n_subjects=arrays["n_subjects"], age_ref=float(cal["age_ref"]),
+                                                covariates=bool(cal["covariates"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AnomalyModelError(f"{files.path / METADATA}: inconsistent model folder ({exc})") from None
+        self.covariates_ = bool(cal["covariates"])
+        self.history_ = meta.get("history", [])
+        self.train_summary_ = meta.get("data", {})
+        self.n_train_ = self.train_summary_.get("n_train", 0)
+        self.n_calibration_ = self.train_summary_.get("n_calibration", 0)
+        self.network_ = None
+        if self.method == "ae":
+            self._set_network(files, device)
+
+    def _set_network(self, files: NormativeFiles, device: str) -> None:
+        from anomaly.io import resolve_device
+        from anomaly.normative.network import build_network
+
+        network = build_network(len(self.modalities_), self.channels)
+        try:
+            network.load_state_dict(files.weights)
+        except (RuntimeError, TypeError):
+            raise AnomalyModelError(
+                f"{files.path / WEIGHTS}: weights do not fit the network described in metadata.json") from None
+        self.device_ = resolve_device(device)
+        self.network_ = network.eval().to(self.device_)
 
     def describe(self) -> dict:
         """Short summary for reports."""
@@ -454,11 +482,3 @@ class NormativeModel:
                 "resolution_mm": float(self.resolution), "grid_shape": list(self.grid_.shape),
                 "n_train": int(self.n_train_), "n_calibration": int(self.n_calibration_),
                 "covariates": bool(self.covariates_), "pet_reference": self.pet_reference}
-
-    def __repr__(self) -> str:
-        return f"NormativeModel(method={self.method!r}, resolution={self.resolution})"
-
-
-def read_metadata(folder: str | Path) -> dict:
-    """Return a model folder's metadata.json (no validation)."""
-    return json.loads((Path(folder) / "metadata.json").read_text())

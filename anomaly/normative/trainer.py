@@ -6,29 +6,37 @@ seeded by ``(seed, epoch, batch, rank)``, and the data order of each epoch comes
 even one written mid-epoch by SIGTERM, therefore replays exactly the batches of an
 uninterrupted run, and on the CPU ends with the same weights.
 
-Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
-``DistributedDataParallel`` (gloo on CPU, nccl on CUDA) and each rank reads its shard of
-the training set; rank 0 alone validates, checkpoints and writes the model.
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1, joined by
+:mod:`anomaly.normative.distributed`) the model is wrapped in
+``DistributedDataParallel`` and each rank reads its shard of the training set; rank 0
+alone validates and checkpoints. ``init_distributed`` and ``DistributedContext`` are
+re-exported here for callers of the earlier layout.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from anomaly.io import atomic_path
+from anomaly.io import AnomalyInputError, atomic_path
+from anomaly.normative.distributed import (
+    DistributedContext,
+    agree_to_stop,
+    init_distributed,
+)
 from anomaly.normative.network import coarse_noise, drop_modalities, network_input
+
+__all__ = ["CHECKPOINT_NAME", "LOG_NAME", "DistributedContext", "TrainSettings", "TrainingInterrupted",
+           "evaluate", "init_distributed", "masked_mse", "train_autoencoder"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "training_log.csv"
@@ -52,48 +60,6 @@ class TrainSettings:
     seed: int = 0
 
 
-@dataclass
-class DistributedContext:
-    """Rank, world size and device of this process."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(device: str) -> torch.device:
-    """Map ``auto|cpu|cuda`` to a torch device, refusing CUDA where there is none."""
-    from anomaly.io import AnomalyInputError
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AnomalyInputError("--device cuda: no CUDA device is available on this machine")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise AnomalyInputError(f"--device: expected auto, cpu or cuda; got {device!r}")
-    return torch.device(device)
-
-
-def init_distributed(device: str) -> DistributedContext:
-    """Join the torchrun process group if there is one (``WORLD_SIZE`` > 1)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    base = resolve_device(device)
-    if world_size <= 1:
-        return DistributedContext(device=base)
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if base.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        base = torch.device("cuda", local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if base.type == "cuda" else "gloo")
-    return DistributedContext(rank=rank, world_size=world_size, device=base)
-
-
 def _batch_generator(seed: int, epoch: int, batch: int, rank: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + batch) * 101 + rank)
@@ -107,7 +73,7 @@ class _StopFlag:
         self.requested = False
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -115,7 +81,7 @@ class _StopFlag:
                 pass
         return self
 
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal API
+    def _handle(self, signum, frame) -> None:
         self.requested = True
 
     def __exit__(self, *exc) -> None:
@@ -163,89 +129,19 @@ def train_autoencoder(network: torch.nn.Module, train_set: torch.utils.data.Data
     TrainingInterrupted
         After SIGINT/SIGTERM, once a checkpoint has been written.
     """
-    from tqdm.auto import tqdm
-
-    device = ctx.device
-    network.to(device)
-    mask_t = torch.from_numpy(np.asarray(mask, np.float32)).to(device)
-    model = network
-    if ctx.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            network, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr,
-                                  weight_decay=settings.weight_decay)
-    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank,
-                                 shuffle=True, seed=settings.seed, drop_last=False)
-    batches_per_epoch = math.ceil(len(sampler) / settings.batch_size)
-    total_steps = settings.epochs * batches_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=max(total_steps, 1), pct_start=0.1)
-
+    run = _Run.start(network, train_set, mask, settings, workdir / CHECKPOINT_NAME, ctx)
     start_epoch, start_batch, history = 0, 0, []
-    checkpoint_path = workdir / CHECKPOINT_NAME
-    if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        network.load_state_dict(state["network"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
+    if resume and run.checkpoint.exists():
+        start_epoch, start_batch = run.restore()
         history = _read_log(workdir / LOG_NAME)[:start_epoch]
-
-    def save_checkpoint(epoch: int, batch: int) -> None:
-        if not ctx.is_main:
-            return
-        state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch, "batch": batch}
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save(state, tmp)
-
     with _StopFlag() as stop:
         for epoch in range(start_epoch, settings.epochs):
-            t0 = time.perf_counter()
-            sampler.set_epoch(epoch)
-            order = list(sampler)
             first = start_batch if epoch == start_epoch else 0
-            batches = [order[i:i + settings.batch_size]
-                       for i in range(0, len(order), settings.batch_size)]
-            model.train()
-            running, seen = 0.0, 0
-            bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{settings.epochs}",
-                       unit="batch", disable=not (progress and ctx.is_main), leave=False)
-            loader = torch.utils.data.DataLoader(
-                torch.utils.data.Subset(train_set, [i for b in batches[first:] for i in b]),
-                batch_size=settings.batch_size, shuffle=False, num_workers=num_workers)
-            for b, (images, present) in enumerate(loader, start=first):
-                if _should_stop(stop.requested, ctx):
-                    save_checkpoint(epoch, b)
-                    bar.close()
-                    raise TrainingInterrupted(
-                        f"training interrupted at epoch {epoch + 1}, batch {b}; "
-                        f"checkpoint saved to {checkpoint_path}")
-                g = _batch_generator(settings.seed, epoch, b, ctx.rank)
-                images, present = images.to(device), present.to(device)
-                kept = drop_modalities(present.cpu(), probability=settings.modality_dropout,
-                                       generator=g).to(device)
-                noise = coarse_noise(images.shape, scale=settings.noise_scale,
-                                     coarseness=settings.noise_coarseness, generator=g,
-                                     mask=mask_t.cpu()).to(device)
-                recon = model(network_input(images + noise, kept))
-                loss = masked_mse(recon, images, kept, mask_t)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                running += loss.item() * len(images)
-                seen += len(images)
-                bar.set_postfix(loss=f"{running / seen:.4f}")
-                bar.update(1)
-            bar.close()
-            row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1),
-                   "val_loss": float("nan"), "seconds": time.perf_counter() - t0,
-                   "lr": scheduler.get_last_lr()[0]}
+            row = run.epoch(train_set, epoch, first, stop, progress=progress, num_workers=num_workers)
             if ctx.is_main and val_set is not None and len(val_set):
-                row["val_loss"] = evaluate(network, val_set, mask_t, settings, device)
+                row["val_loss"] = evaluate(network, val_set, run.mask_t, settings, run.device)
             history.append(row)
-            save_checkpoint(epoch + 1, 0)
+            run.save_checkpoint(epoch + 1, 0)
             if ctx.is_main:
                 _write_log(workdir / LOG_NAME, history)
                 if on_epoch is not None:
@@ -253,13 +149,132 @@ def train_autoencoder(network: torch.nn.Module, train_set: torch.utils.data.Data
     return history
 
 
-def _should_stop(requested: bool, ctx: DistributedContext) -> bool:
-    """Agree across ranks to stop, so that no rank waits forever in an all-reduce."""
-    if ctx.world_size <= 1:
-        return requested
-    flag = torch.tensor([1.0 if requested else 0.0], device=ctx.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item() > 0)
+@dataclass
+class _Run:
+    """What one training run updates: network, optimiser, schedule, sampler, checkpoint."""
+
+    network: torch.nn.Module
+    model: torch.nn.Module  # the network, wrapped in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: DistributedSampler
+    mask_t: torch.Tensor
+    settings: TrainSettings
+    checkpoint: Path
+    ctx: DistributedContext
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @classmethod
+    def start(cls, network: torch.nn.Module, train_set: torch.utils.data.Dataset, mask: np.ndarray,
+              settings: TrainSettings, checkpoint: Path, ctx: DistributedContext) -> _Run:
+        """Move the network to the device and build optimiser, sampler and schedule."""
+        device = ctx.device
+        network.to(device)
+        mask_t = torch.from_numpy(np.asarray(mask, np.float32)).to(device)
+        model = network
+        if ctx.world_size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                network, device_ids=[device.index] if device.type == "cuda" else None)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr,
+                                      weight_decay=settings.weight_decay)
+        sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank,
+                                     shuffle=True, seed=settings.seed, drop_last=False)
+        total_steps = settings.epochs * math.ceil(len(sampler) / settings.batch_size)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=settings.lr, total_steps=max(total_steps, 1), pct_start=0.1)
+        return cls(network, model, optimizer, scheduler, sampler, mask_t, settings, checkpoint, ctx)
+
+    def restore(self) -> tuple[int, int]:
+        """Load the checkpoint; return the epoch and batch it was written at.
+
+        Raises
+        ------
+        AnomalyInputError
+            The checkpoint was written with other training settings or another network:
+            continuing it would silently mix two runs (or fail deep inside torch).
+        """
+        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        self._check_compatible(state)
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        return int(state["epoch"]), int(state["batch"])
+
+    def _check_compatible(self, state: dict) -> None:
+        """Refuse a checkpoint of another run (settings recorded since 0.2, and shapes)."""
+        saved = state.get("settings")
+        current = asdict(self.settings)
+        changed = [f"{k} {saved[k]} -> {current[k]}" for k in current
+                   if saved is not None and k in saved and saved[k] != current[k]]
+        shapes = {k: tuple(v.shape) for k, v in self.network.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in state["network"].items()} != shapes:
+            changed.append("network architecture")
+        if changed:
+            raise AnomalyInputError(
+                f"{self.checkpoint}: written with other settings ({', '.join(changed)}); "
+                f"rerun with the same settings, or without --resume to start again")
+
+    def save_checkpoint(self, epoch: int, batch: int) -> None:
+        """Write the checkpoint atomically (rank 0 only), with the settings it continues."""
+        if not self.ctx.is_main:
+            return
+        state = {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "epoch": epoch, "batch": batch,
+                 "settings": asdict(self.settings)}
+        with atomic_path(self.checkpoint) as tmp:
+            torch.save(state, tmp)
+
+    def epoch(self, train_set: torch.utils.data.Dataset, epoch: int, first: int, stop: _StopFlag, *,
+              progress: bool, num_workers: int) -> dict:
+        """Train one epoch from batch ``first``; return its log row (validation not yet run)."""
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        size = self.settings.batch_size
+        self.sampler.set_epoch(epoch)
+        order = list(self.sampler)
+        batches = [order[i:i + size] for i in range(0, len(order), size)]
+        self.model.train()
+        running, seen = 0.0, 0
+        bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
+                   unit="batch", disable=not (progress and self.ctx.is_main), leave=False)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(train_set, [i for b in batches[first:] for i in b]),
+            batch_size=size, shuffle=False, num_workers=num_workers)
+        for b, (images, present) in enumerate(loader, start=first):
+            if agree_to_stop(stop.requested, self.ctx):
+                self.save_checkpoint(epoch, b)
+                bar.close()
+                raise TrainingInterrupted(f"training interrupted at epoch {epoch + 1}, batch {b}; "
+                                          f"checkpoint saved to {self.checkpoint}")
+            running += self.step(images, present, epoch, b) * len(images)
+            seen += len(images)
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+            bar.update(1)
+        bar.close()
+        return {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "val_loss": float("nan"),
+                "seconds": time.perf_counter() - t0, "lr": self.scheduler.get_last_lr()[0]}
+
+    def step(self, images: torch.Tensor, present: torch.Tensor, epoch: int, batch: int) -> float:
+        """One optimisation step, with the batch's own seeded noise and modality dropout."""
+        settings, device = self.settings, self.device
+        g = _batch_generator(settings.seed, epoch, batch, self.ctx.rank)
+        images, present = images.to(device), present.to(device)
+        kept = drop_modalities(present.cpu(), probability=settings.modality_dropout,
+                               generator=g).to(device)
+        noise = coarse_noise(images.shape, scale=settings.noise_scale,
+                             coarseness=settings.noise_coarseness, generator=g,
+                             mask=self.mask_t.cpu()).to(device)
+        recon = self.model(network_input(images + noise, kept))
+        loss = masked_mse(recon, images, kept, self.mask_t)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item()
 
 
 @torch.no_grad()
@@ -282,11 +297,10 @@ def evaluate(network: torch.nn.Module, dataset: torch.utils.data.Dataset, mask_t
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
 
 
 def _read_log(path: Path) -> list[dict]:

@@ -1,6 +1,14 @@
-"""The model grid (MNI152 2009 from nilearn, cropped and padded), its templates, and the one resampler.
+"""The model grid (MNI152 2009 from nilearn, cropped and padded), its templates, and resampling.
 
 Templates come with nilearn: nothing is downloaded.
+
+Resampling has two paths:
+
+- :func:`resample_to_grid`: scans (and masks) onto a model :class:`Grid`, with scipy;
+  array out. Used by preprocessing and for the templates; exact and fast when the voxels
+  already sit on the grid's.
+- :func:`resample_image`: any image onto any voxel grid, with nilearn; image out. Used
+  for label images (atlases) and derived maps.
 """
 
 from __future__ import annotations

@@ -101,15 +101,34 @@ def preprocess_subject(
     Raises
     ------
     AnomalyInputError
-        For any invalid image (see :func:`anomaly.io.load_image`), an unknown
-        reference, a missing or misshaped reference mask, or when none of the
-        requested modalities is given.
+        For an invalid image (see :func:`anomaly.io.load_image`), pet_reference or
+        reference mask, or when none of the requested modalities is given.
 
     Warns
     -----
     UserWarning
         For ignored modalities and for images covering less than 80% of the brain.
     """
+    modalities = _check_arguments(modalities, grid, pet_reference)
+    given = _given_images(images, modalities)
+    uses_pet = PET_MODALITY in modalities and PET_MODALITY in given
+    reference = _reference_mask(reference_masks, pet_reference, grid, uses_pet)
+    brain = template_images(grid)["mask"] > 0.5
+    data = np.zeros((len(modalities), *grid.shape), dtype=np.float32)
+    valid = np.zeros(data.shape, dtype=bool)
+    qc: dict[str, dict[str, Any]] = {}
+    for channel, modality in enumerate(modalities):
+        if modality in given:
+            data[channel], valid[channel], qc[modality] = _preprocess_image(
+                given[modality], modality, grid, brain, reference, pet_reference
+            )
+    present = np.array([m in given for m in modalities], dtype=bool)
+    return Preprocessed(data=data, present=present, modalities=modalities, qc=qc,
+                        valid=valid, grid=grid)
+
+
+def _check_arguments(modalities: Sequence[str], grid: Grid, pet_reference: str) -> list[str]:
+    """The modalities as a list, after checking them, the grid and the PET reference name."""
     if isinstance(modalities, str):
         modalities = [modalities]
     modalities = list(modalities)
@@ -121,7 +140,11 @@ def preprocess_subject(
         raise AnomalyInputError(f"grid: expected a Grid, got {type(grid).__name__}")
     if pet_reference != "global" and (not isinstance(pet_reference, str) or not pet_reference):
         raise AnomalyInputError(f"pet_reference: expected a region name, got {pet_reference!r}")
+    return modalities
 
+
+def _given_images(images: Mapping[str, Any], modalities: list[str]) -> dict[str, Any]:
+    """The images that are not None; warns about modalities the model does not use."""
     given = {m: src for m, src in images.items() if src is not None}
     ignored = sorted(set(given) - set(modalities))
     if ignored:
@@ -129,7 +152,7 @@ def preprocess_subject(
             "ignoring image(s) of modalities the model does not use: "
             + ", ".join(f"{m} ({_source_name(given[m])})" for m in ignored),
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,  # the caller of preprocess_subject
         )
     if not any(m in given for m in modalities):
         got = ", ".join(sorted(given)) or "none"
@@ -137,59 +160,63 @@ def preprocess_subject(
             f"images: none of the model's modalities ({', '.join(modalities)}) "
             f"was given (got: {got})"
         )
+    return given
 
-    reference: np.ndarray | None = None
-    if PET_MODALITY in modalities and PET_MODALITY in given and pet_reference != "global":
-        if reference_masks is None or pet_reference not in reference_masks:
-            raise AnomalyInputError(
-                f"pet_reference: no mask given for {pet_reference!r} in reference_masks; "
-                "build it from an atlas or use 'global'"
-            )
-        reference = np.asarray(reference_masks[pet_reference])
-        if reference.shape != grid.shape:
-            raise AnomalyInputError(
-                f"reference_masks[{pet_reference!r}]: shape {reference.shape} does not "
-                f"match the grid shape {grid.shape}"
-            )
-        reference = reference.astype(bool)
 
-    brain = template_images(grid)["mask"] > 0.5
-    n_brain = int(brain.sum())
-    data = np.zeros((len(modalities), *grid.shape), dtype=np.float32)
-    valid = np.zeros(data.shape, dtype=bool)
-    present = np.zeros(len(modalities), dtype=bool)
-    qc: dict[str, dict[str, Any]] = {}
-    for channel, modality in enumerate(modalities):
-        if modality not in given:
-            continue
-        label = _source_name(given[modality])
-        img = load_image(given[modality], name=label, check_mni=True)
-        resampled = resample_to_grid(img, grid, "continuous")
-        # Coverage from the nearest input voxel: spline interpolation bleeds small
-        # values into empty regions, which must not count as covered.
-        signal = nib.Nifti1Image((np.asarray(img.dataobj) != 0).astype(np.uint8), img.affine)
-        covered = brain & (resample_to_grid(signal, grid, "nearest") > 0) & (resampled != 0)
-        coverage = float(covered.sum()) / n_brain
-        if coverage < _LOW_COVERAGE:
-            warnings.warn(
-                f"{label}: image covers only {coverage:.0%} of the brain",
-                UserWarning,
-                stacklevel=2,
-            )
-        if modality == PET_MODALITY:
-            normalised, info = normalise_pet(
-                resampled, brain, reference, valid=covered, name=label
-            )
-            info = {"reference": pet_reference, **info}
-        else:
-            normalised, info = normalise_mri(resampled, brain, valid=covered, name=label)
-        data[channel] = normalised
-        valid[channel] = covered
-        present[channel] = True
-        qc[modality] = {"source": label, "coverage": coverage, **info}
-    return Preprocessed(
-        data=data, present=present, modalities=modalities, qc=qc, valid=valid, grid=grid
-    )
+def _reference_mask(
+    reference_masks: Mapping[str, np.ndarray] | None, pet_reference: str, grid: Grid,
+    uses_pet: bool,
+) -> np.ndarray | None:
+    """The boolean PET reference-region mask on the grid; None when none is needed."""
+    if not uses_pet or pet_reference == "global":
+        return None
+    if reference_masks is None or pet_reference not in reference_masks:
+        raise AnomalyInputError(
+            f"pet_reference: no mask given for {pet_reference!r} in reference_masks; "
+            "build it from an atlas or use 'global'"
+        )
+    reference = np.asarray(reference_masks[pet_reference])
+    if reference.shape != grid.shape:
+        raise AnomalyInputError(
+            f"reference_masks[{pet_reference!r}]: shape {reference.shape} does not "
+            f"match the grid shape {grid.shape}"
+        )
+    return reference.astype(bool)
+
+
+def _preprocess_image(
+    source: Any, modality: str, grid: Grid, brain: np.ndarray,
+    reference: np.ndarray | None, pet_reference: str,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """One channel: the normalised image on the grid, the voxels it covers, its QC entry."""
+    label = _source_name(source)
+    img = load_image(source, name=label, check_mni=True)
+    resampled, covered, coverage = _resample_with_coverage(img, grid, brain, label)
+    if modality == PET_MODALITY:
+        normalised, info = normalise_pet(resampled, brain, reference, valid=covered, name=label)
+        info = {"reference": pet_reference, **info}
+    else:
+        normalised, info = normalise_mri(resampled, brain, valid=covered, name=label)
+    return normalised, covered, {"source": label, "coverage": coverage, **info}
+
+
+def _resample_with_coverage(
+    img: nib.Nifti1Image, grid: Grid, brain: np.ndarray, label: str
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The image on the grid, the brain voxels it covers and their fraction of the brain."""
+    resampled = resample_to_grid(img, grid, "continuous")
+    # Coverage from the nearest input voxel: spline interpolation bleeds small
+    # values into empty regions, which must not count as covered.
+    signal = nib.Nifti1Image((np.asarray(img.dataobj) != 0).astype(np.uint8), img.affine)
+    covered = brain & (resample_to_grid(signal, grid, "nearest") > 0) & (resampled != 0)
+    coverage = float(covered.sum()) / int(brain.sum())
+    if coverage < _LOW_COVERAGE:
+        warnings.warn(
+            f"{label}: image covers only {coverage:.0%} of the brain",
+            UserWarning,
+            stacklevel=4,  # the caller of preprocess_subject (via _preprocess_image)
+        )
+    return resampled, covered, coverage
 
 
 def _source_name(source: Any) -> str:

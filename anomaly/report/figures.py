@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from anomaly.constants import Z_THRESHOLD
 from anomaly.io import AnomalyInputError, atomic_path
+from anomaly.report._docs import fill_doc
 
 __all__ = [
     "GlassBrainRenderer",
@@ -122,6 +124,7 @@ def _peak_mm(img: nib.Nifti1Image) -> tuple[tuple[float, float, float], float]:
 
 
 # ---------------------------------------------------------------- glass brains
+@fill_doc
 def plot_anomaly_glass_brain(
     anomaly_img: ImageLike,
     out_png: PathLike,
@@ -138,26 +141,18 @@ def plot_anomaly_glass_brain(
     ----------
     anomaly_img : path or nibabel image
         3D map, >= 0 (e.g. ``*_stat-anomaly_statmap.nii.gz``). NaN is drawn as 0.
-    out_png : path
-        PNG file to write (folders are created).
-    title : str, optional
-        Title drawn on the figure.
-    threshold : float or "auto", default "auto"
-        Voxels at or below it are not drawn. ``"auto"`` is the 95th percentile of the
-        positive values (the top 5 % of the map is shown); pass e.g. ``2.0`` for an
-        absolute, z-like cut-off.
-    vmax : float, optional
-        Top of the colour bar; default the maximum of the map.
+    %(out_png)s
+    %(title)s
+    %(threshold_auto)s
+    %(vmax)s
     cmap : str, default "hot"
         Sequential matplotlib colour map, drawn on a black background so that the
         brightest (most abnormal) values stay visible.
-    dpi : int, default 100
-        Resolution of the PNG.
+    %(dpi)s
 
     Returns
     -------
-    pathlib.Path
-        ``out_png``.
+    %(returns_png)s
 
     Raises
     ------
@@ -186,12 +181,13 @@ def _anomaly_glass_args(anomaly_img: ImageLike, threshold: Threshold, vmax: floa
                  "resampling_interpolation": "nearest"}
 
 
+@fill_doc
 def plot_signed_glass_brain(
     z_img: ImageLike,
     out_png: PathLike,
     *,
     title: str | None = None,
-    threshold: float = 2.0,
+    threshold: float = Z_THRESHOLD,
     vmax: float | None = None,
     dpi: int = DEFAULT_DPI,
 ) -> Path:
@@ -201,21 +197,17 @@ def plot_signed_glass_brain(
     ----------
     z_img : path or nibabel image
         3D signed map (e.g. ``*_mod-<M>_stat-z_statmap.nii.gz``). NaN is drawn as 0.
-    out_png : path
-        PNG file to write.
-    title : str, optional
-        Title drawn on the figure.
-    threshold : float, default 2.0
+    %(out_png)s
+    %(title)s
+    threshold : float, default 2.0 (:data:`anomaly.constants.Z_THRESHOLD`)
         Voxels with ``|z| <= threshold`` are not drawn.
     vmax : float, optional
         The colour bar spans ``[-vmax, vmax]``; default the largest ``|z|``.
-    dpi : int, default 100
-        Resolution of the PNG.
+    %(dpi)s
 
     Returns
     -------
-    pathlib.Path
-        ``out_png``.
+    %(returns_png)s
 
     Notes
     -----
@@ -304,7 +296,7 @@ class GlassBrainRenderer:
             img, overlay = _anomaly_glass_args(img, "auto" if threshold is None else threshold,
                                                vmax, cmap)
         else:
-            img, overlay = _signed_glass_args(img, 2.0 if threshold is None else threshold, vmax)
+            img, overlay = _signed_glass_args(img, Z_THRESHOLD if threshold is None else threshold, vmax)
         if self._display is None:
             self._build()
         display, fig = self._display, self._figure
@@ -340,6 +332,7 @@ class GlassBrainRenderer:
 
 
 # ---------------------------------------------------------------- slices
+@fill_doc
 def plot_peak_slices(
     stat_img: ImageLike,
     background_img: ImageLike | None,
@@ -360,25 +353,32 @@ def plot_peak_slices(
     background_img : path, nibabel image or None
         Anatomy drawn underneath (e.g. the subject's T1w on the model grid); None uses
         nilearn's bundled MNI152 template (no download).
-    out_png : path
-        PNG file to write.
+    %(out_png)s
     title : str, optional
         Figure title; the peak value and its MNI coordinates are appended.
-    threshold : float or "auto", default "auto"
-        Voxels with ``|value| <= threshold`` are transparent; ``"auto"`` is the 95th
-        percentile of the non-zero ``|values|``.
-    vmax : float, optional
-        Colour bar limit; default the largest ``|value|``.
-    dpi : int, default 100
-        Resolution of the PNG.
+    %(threshold_auto)s
+    %(vmax)s
+    %(dpi)s
 
     Returns
     -------
-    pathlib.Path
-        ``out_png``.
+    %(returns_png)s
     """
     from nilearn import plotting
 
+    img, settings = _peak_slices_args(stat_img, background_img, title, threshold, vmax)
+    fig = _new_figure(SLICES_FIGSIZE)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*empty mask.*")
+        plotting.plot_stat_map(img, display_mode="ortho", figure=fig, black_bg=True, colorbar=True,
+                               resampling_interpolation="nearest",  # show voxels, not spline ringing
+                               **settings)
+    return _save(fig, out_png, dpi)
+
+
+def _peak_slices_args(stat_img: ImageLike, background_img: ImageLike | None, title: str | None,
+                      threshold: Threshold, vmax: float | None) -> tuple[nib.Nifti1Image, dict]:
+    """Checked map and the plot_stat_map settings of :func:`plot_peak_slices`."""
     img = _read_map(stat_img, "stat_img")
     data = np.asarray(img.dataobj)
     thr = _resolve_threshold(threshold, data)
@@ -389,33 +389,17 @@ def plot_peak_slices(
         # An all-zero map has no peak: cut through the middle of the brain instead.
         (x, y, z), label = (0.0, -18.0, 10.0), "empty map"
     signed = bool(data.min() < 0)
+    settings = {"cut_coords": (x, y, z), "title": f"{title}: {label}" if title else label,
+                "threshold": thr, "vmin": -top if signed else 0.0, "vmax": top,
+                "cmap": "cold_hot" if signed else "hot", "symmetric_cbar": signed}
     # Without a background, nilearn's default is its bundled MNI152 template.
-    extra = {}
     if background_img is not None:
-        extra["bg_img"] = _read_map(background_img, "background_img")
-    fig = _new_figure(SLICES_FIGSIZE)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*empty mask.*")
-        plotting.plot_stat_map(
-            img,
-            cut_coords=(x, y, z),
-            display_mode="ortho",
-            figure=fig,
-            title=f"{title}: {label}" if title else label,
-            threshold=thr,
-            vmin=-top if signed else 0.0,
-            vmax=top,
-            cmap="cold_hot" if signed else "hot",
-            symmetric_cbar=signed,
-            black_bg=True,
-            colorbar=True,
-            resampling_interpolation="nearest",  # show voxels, not spline ringing
-            **extra,
-        )
-    return _save(fig, out_png, dpi)
+        settings["bg_img"] = _read_map(background_img, "background_img")
+    return img, settings
 
 
 # ---------------------------------------------------------------- tables
+@fill_doc
 def plot_region_bars(
     df: pd.DataFrame,
     value_col: str,
@@ -432,38 +416,25 @@ def plot_region_bars(
     Parameters
     ----------
     df : pandas.DataFrame
-        A region table (one row per region), e.g. from :meth:`anomaly.atlas.Atlas.summarise`
+        A region table (one row per region), e.g. from :func:`anomaly.atlas.region_table`
         or a ``*_regions.tsv``.
     value_col : str
         Column to rank and draw. Rows with NaN are left out.
-    out_png : path
-        PNG file to write.
+    %(out_png)s
     top : int, default 10
         Number of regions drawn, the largest at the top.
     name_col : str, default "name"
         Column with the region names.
-    title, xlabel : str, optional
-        Figure title and x-axis label (default ``value_col``).
-    dpi : int, default 100
-        Resolution of the PNG.
+    %(title)s
+    xlabel : str, optional
+        X-axis label; default ``value_col``.
+    %(dpi)s
 
     Returns
     -------
-    pathlib.Path
-        ``out_png``.
+    %(returns_png)s
     """
-    for col in (value_col, name_col):
-        if col not in df.columns:
-            raise AnomalyInputError(
-                f"df: no column {col!r} (columns: {', '.join(map(str, df.columns))})"
-            )
-    if int(top) < 1:
-        raise AnomalyInputError(f"top: expected a positive integer, got {top!r}")
-    values = pd.to_numeric(df[value_col], errors="coerce")
-    table = pd.DataFrame({"name": df[name_col].astype(str), "value": values}).dropna()
-    table = table.reindex(table["value"].abs().sort_values(ascending=False).index)
-    table = table.head(int(top)).iloc[::-1]  # barh draws bottom-up
-
+    table = _top_regions(df, value_col, name_col, top)
     fig = _new_figure((6.5, 0.35 * max(len(table), 1) + 1.2))
     ax = fig.add_subplot()
     colours = [POSITIVE_COLOR if v >= 0 else NEGATIVE_COLOR for v in table["value"]]
@@ -480,6 +451,22 @@ def plot_region_bars(
     return _save(fig, out_png, dpi)
 
 
+def _top_regions(df: pd.DataFrame, value_col: str, name_col: str, top: int) -> pd.DataFrame:
+    """Columns ``name`` and ``value`` of the ``top`` finite rows by ``|value|``, largest last."""
+    for col in (value_col, name_col):
+        if col not in df.columns:
+            raise AnomalyInputError(
+                f"df: no column {col!r} (columns: {', '.join(map(str, df.columns))})"
+            )
+    if int(top) < 1:
+        raise AnomalyInputError(f"top: expected a positive integer, got {top!r}")
+    values = pd.to_numeric(df[value_col], errors="coerce")
+    table = pd.DataFrame({"name": df[name_col].astype(str), "value": values}).dropna()
+    table = table.reindex(table["value"].abs().sort_values(ascending=False).index)
+    return table.head(int(top)).iloc[::-1]  # barh draws bottom-up
+
+
+@fill_doc
 def plot_loss_curve(
     csv_or_df: PathLike | pd.DataFrame,
     out_png: PathLike,
@@ -495,21 +482,44 @@ def plot_loss_curve(
     csv_or_df : path or pandas.DataFrame
         Training log with columns ``epoch``, ``train_loss`` and optionally
         ``val_loss``; a ``.tsv`` file is read tab-separated, anything else as CSV.
-    out_png : path
-        PNG file to write.
-    title : str, optional
-        Figure title.
+    %(out_png)s
+    %(title)s
     log_y : bool or "auto", default "auto"
         Logarithmic loss axis; ``"auto"`` uses it when all losses are positive and
         span more than two decades.
-    dpi : int, default 100
-        Resolution of the PNG.
+    %(dpi)s
 
     Returns
     -------
-    pathlib.Path
-        ``out_png``.
+    %(returns_png)s
     """
+    epoch, series = _read_training_log(csv_or_df)
+    finite = np.concatenate([s[np.isfinite(s)].to_numpy() for s in series.values()])
+    if log_y == "auto":
+        log_y = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > 100)
+
+    fig = _new_figure((6.0, 3.6))
+    ax = fig.add_subplot()
+    colours = {"train": "#1f77b4", "validation": "#d62728"}
+    for label, values in series.items():
+        ax.plot(epoch, values, label=label, color=colours[label], linewidth=1.5)
+    val = series.get("validation")
+    if val is not None and val.notna().any():
+        _mark_best(ax, epoch, val, colours["validation"])
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_png, dpi)
+
+
+def _read_training_log(csv_or_df: PathLike | pd.DataFrame) -> tuple[pd.Series, dict[str, pd.Series]]:
+    """Epochs and the loss series (``train``, and ``validation`` when logged) of a training log."""
     if isinstance(csv_or_df, pd.DataFrame):
         log, where = csv_or_df, "training log"
     else:
@@ -532,34 +542,12 @@ def plot_loss_curve(
     series = {"train": pd.to_numeric(log["train_loss"], errors="coerce")}
     if "val_loss" in log.columns:
         series["validation"] = pd.to_numeric(log["val_loss"], errors="coerce")
+    return epoch, series
 
-    finite = np.concatenate([s[np.isfinite(s)].to_numpy() for s in series.values()])
-    if log_y == "auto":
-        log_y = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > 100)
 
-    fig = _new_figure((6.0, 3.6))
-    ax = fig.add_subplot()
-    colours = {"train": "#1f77b4", "validation": "#d62728"}
-    for label, values in series.items():
-        ax.plot(epoch, values, label=label, color=colours[label], linewidth=1.5)
-    val = series.get("validation")
-    if val is not None and val.notna().any():
-        best = int(val.idxmin())
-        ax.scatter([epoch[best]], [val[best]], color=colours["validation"], zorder=3)
-        ax.annotate(
-            f"best {val[best]:.3g} (epoch {epoch[best]:g})",
-            (epoch[best], val[best]),
-            textcoords="offset points",
-            xytext=(6, 8),
-            fontsize=8,
-        )
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend(frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, out_png, dpi)
+def _mark_best(ax, epoch: pd.Series, val: pd.Series, colour: str) -> None:
+    """Dot and label at the epoch of lowest validation loss."""
+    best = int(val.idxmin())
+    ax.scatter([epoch[best]], [val[best]], color=colour, zorder=3)
+    ax.annotate(f"best {val[best]:.3g} (epoch {epoch[best]:g})", (epoch[best], val[best]),
+                textcoords="offset points", xytext=(6, 8), fontsize=8)

@@ -1,4 +1,4 @@
-"""Self-contained HTML reports: one per subject, plus an index linking them.
+"""Self-contained HTML pages: one report per subject, an index linking them, the demo's page.
 
 A report is a single HTML file that opens offline in any browser and can be mailed or
 archived as is: figures are embedded as base64 ``data:`` URIs, the CSS is inline, and
@@ -7,6 +7,8 @@ data (subject labels, region names, dictionary values) is HTML-escaped.
 
 The functions take plain dictionaries and tables so that they do not depend on how the
 scores were computed; see :func:`render_subject_report` for the keys they understand.
+Every page is built from the same pieces: :func:`_page` (head and inline CSS),
+:func:`_header`, :func:`_section`, :func:`_table` and :func:`_footer`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numbers
 import os
 import struct
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -27,22 +29,22 @@ import numpy as np
 import pandas as pd
 
 from anomaly import __version__
+from anomaly.constants import AWARENESS_PERCENT, CRS_MAX
 from anomaly.io import AnomalyInputError, write_text
 
-__all__ = ["AWARENESS_PERCENT", "render_index", "render_subject_report"]
+# AWARENESS_PERCENT is re-exported: it used to be defined here.
+__all__ = ["AWARENESS_PERCENT", "render_demo_index", "render_index", "render_subject_report"]
 
 PathLike = Union[str, Path]
 
-#: Cortical metabolism (percent of normal) above which Stender et al. (2016) found
-#: conscious awareness to be preserved.
-AWARENESS_PERCENT = 42.0
 STENDER_2016 = (
     "Stender J, Mortensen KN, Thibaut A, Darkner S, Laureys S, Gjedde A, Kupers R. "
     "The minimal energetic requirement of sustained awareness after brain injury. "
     "Current Biology 2016;26(11):1494-1499. doi:10.1016/j.cub.2016.04.024"
 )
 N_TOP_REGIONS = 10
-CRS_MAX = 23
+#: Banner of the pages that show maps and numbers of subjects.
+RESEARCH_ONLY = "For research use: the maps and numbers are not a diagnosis."
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 _MAGIC = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8"}
@@ -77,6 +79,7 @@ figure img { display: block; max-width: 100%; height: auto; border: 1px solid va
              box-sizing: content-box; /* the border must not shrink (blur) the figure */ }
 figcaption { color: var(--muted); font-size: .9rem; margin-top: .3rem; }
 figcaption b { color: var(--fg); }
+pre { background: #f3f5f9; padding: .6rem .8rem; overflow-x: auto; font-size: .85rem; }
 @media print { body { max-width: none; } figure { break-inside: avoid; } }
 """
 
@@ -123,16 +126,23 @@ def _label(key: Any) -> str:
     return html.escape(str(key).replace("_", " "), quote=True)
 
 
-def _kv_table(items: Mapping[str, Any], skip: Iterable[str] = ()) -> str:
+def _kv_table(items: Mapping[str, Any], skip: Iterable[str] = (),
+              label: Callable[[Any], str] = _label) -> str:
+    """Two-column table of ``items``; ``label`` turns a key into escaped header text."""
     skip = set(skip)
     rows = [
-        f"<tr><th scope=\"row\">{_label(k)}</th><td>{_e(v)}</td></tr>"
+        f"<tr><th scope=\"row\">{label(k)}</th><td>{_e(v)}</td></tr>"
         for k, v in items.items()
         if k not in skip
     ]
     if not rows:
         return ""
     return "<table class=\"kv\">" + "".join(rows) + "</table>"
+
+
+def _escape_key(key: Any) -> str:
+    """A dictionary key as escaped header text, spelled as given."""
+    return html.escape(str(key), quote=True)
 
 
 def _norm_key(key: Any) -> str:
@@ -162,7 +172,9 @@ def _as_float(value: Any, what: str) -> float:
         raise AnomalyInputError(f"{what}: expected a number, got {value!r}") from None
 
 
+# ---------------------------------------------------------------- page pieces
 def _page(title: str, body: str) -> str:
+    """A whole HTML document: head with the inline CSS, then ``body`` (trusted HTML)."""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
@@ -170,6 +182,47 @@ def _page(title: str, body: str) -> str:
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
         f"<body>\n{body}\n</body>\n</html>\n"
     )
+
+
+def _write_page(out_html: PathLike, title: str, body: Iterable[str]) -> Path:
+    """Write a page of the parts ``body`` (trusted HTML), one per line, atomically."""
+    return write_text(_page(title, "\n".join(body)), out_html)
+
+
+def _header(title: str, banner: str) -> str:
+    """Page heading (``title``, escaped) and its banner (escaped text)."""
+    return (f"<header><h1>{html.escape(title)}</h1>\n"
+            f"<p class=\"banner\">{html.escape(banner)}</p></header>")
+
+
+def _section(ident: str, heading: str, content: str) -> str:
+    """``<section id=ident>`` with an ``<h2>`` heading and ``content`` (trusted HTML)."""
+    return f"<section id=\"{ident}\"><h2>{html.escape(heading)}</h2>{content}</section>"
+
+
+def _cell(value: Any) -> str:
+    """One ``<td>`` of a data table: escaped, numbers right-aligned."""
+    numeric = isinstance(value, numbers.Number) and not isinstance(value, bool)
+    cls = " class=\"num\"" if numeric else ""
+    return f"<td{cls}>{_e(value)}</td>"
+
+
+def _table(columns: Iterable[Any], rows: Iterable[str]) -> str:
+    """Scrollable table with one header cell per column and ``rows`` (``<tr>`` HTML)."""
+    header = "".join(f"<th scope=\"col\">{_label(c)}</th>" for c in columns)
+    return (f"<div class=\"scroll\"><table><thead><tr>{header}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _href(target: PathLike, base: Path) -> str:
+    """Escaped, URL-quoted link from the folder ``base`` to ``target``.
+
+    Relative links keep an output folder movable as a whole; a relative ``target`` is
+    taken as relative to ``base`` already.
+    """
+    path = Path(target)
+    rel = os.path.relpath(path.resolve(), base) if path.is_absolute() else path
+    return html.escape(urllib.parse.quote(Path(rel).as_posix()), quote=True)
 
 
 def _footer() -> str:
@@ -220,12 +273,13 @@ def _figure_html(title: str, spec: PathLike | tuple[PathLike, str]) -> str:
 
 # ---------------------------------------------------------------- sections
 def _metabolism_html(metabolism: Mapping[str, Any] | None) -> str:
-    head = "<section id=\"metabolism\"><h2>Global cortical metabolism</h2>"
+    heading = "Global cortical metabolism"
     if metabolism is None:
-        return head + "<p class=\"muted\">No PET image: global cortical metabolism was not computed.</p></section>"
+        return _section("metabolism", heading,
+                        "<p class=\"muted\">No PET image: global cortical metabolism was not computed.</p>")
     key, percent = _first(metabolism, "percent", "global_cortical_pet_percent")
     ref_key, reference = _first(metabolism, "reference", "pet_reference", "reference_region")
-    parts = [head]
+    parts = []
     if key is None:
         parts.append("<p class=\"muted\">Global cortical metabolism is not available.</p>")
     else:
@@ -250,21 +304,19 @@ def _metabolism_html(metabolism: Mapping[str, Any] | None) -> str:
                 "establish that the patient is aware.</p>"
             )
         parts.append(f"<p class=\"muted\">Reference: {html.escape(STENDER_2016)}.</p>")
-    extra = _kv_table(metabolism, skip={key, ref_key})
-    parts.append(extra)
-    parts.append("</section>")
-    return "".join(parts)
+    parts.append(_kv_table(metabolism, skip={key, ref_key}))
+    return _section("metabolism", heading, "".join(parts))
 
 
 def _crs_html(crs: Mapping[str, Any] | None) -> str:
-    head = "<section id=\"crs\"><h2>CRS-R estimate</h2>"
     if crs is None:
-        return head + "<p class=\"muted\">No CRS-R model given: no estimate was computed.</p></section>"
+        return _section("crs", "CRS-R estimate",
+                        "<p class=\"muted\">No CRS-R model given: no estimate was computed.</p>")
     pred_key, pred = _first(crs, "crs_pred", "pred", "prediction")
     low_key, lower = _first(crs, "crs_lower", "lower")
     up_key, upper = _first(crs, "crs_upper", "upper")
     lvl_key, level = _first(crs, "interval_level", "level", "coverage")
-    parts = [head]
+    parts = []
     if pred_key is None:
         parts.append("<p class=\"muted\">The CRS-R model gave no prediction for this subject.</p>")
     else:
@@ -285,38 +337,25 @@ def _crs_html(crs: Mapping[str, Any] | None) -> str:
             "with repeated clinical assessments; do not use it alone.</p>"
         )
     parts.append(_kv_table(crs, skip={pred_key, low_key, up_key, lvl_key}))
-    parts.append("</section>")
-    return "".join(parts)
+    return _section("crs", "CRS-R estimate", "".join(parts))
 
 
 def _regions_html(top_regions: pd.DataFrame | None) -> str:
-    head = "<section id=\"regions\"><h2>Most abnormal regions</h2>"
     if top_regions is None or len(top_regions) == 0:
-        return head + "<p class=\"muted\">No region table.</p></section>"
+        return _section("regions", "Most abnormal regions", "<p class=\"muted\">No region table.</p>")
     shown = top_regions.head(N_TOP_REGIONS)
     note = (
         f"<p class=\"muted\">The {len(shown)} most abnormal of {len(top_regions)} atlas regions.</p>"
         if len(top_regions) > len(shown)
         else ""
     )
-    header = "".join(f"<th scope=\"col\">{_label(c)}</th>" for c in shown.columns)
-    rows = []
-    for record in shown.itertuples(index=False, name=None):
-        cells = []
-        for value in record:
-            numeric = isinstance(value, numbers.Number) and not isinstance(value, bool)
-            cls = " class=\"num\"" if numeric else ""
-            cells.append(f"<td{cls}>{_e(value)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    table = (
-        f"<div class=\"scroll\"><table><thead><tr>{header}</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table></div>"
-    )
-    return head + note + table + "</section>"
+    rows = ["<tr>" + "".join(_cell(v) for v in record) + "</tr>"
+            for record in shown.itertuples(index=False, name=None)]
+    return _section("regions", "Most abnormal regions", note + _table(shown.columns, rows))
 
 
 def _qc_html(qc: Mapping[str, Any]) -> str:
-    parts = ["<section id=\"qc\"><h2>Quality checks</h2>"]
+    parts = []
     _, missing = _first(qc, "modalities_missing", "missing_modalities")
     if isinstance(missing, str) and missing.strip().lower() in ("", "none", "n/a"):
         missing = None
@@ -326,8 +365,7 @@ def _qc_html(qc: Mapping[str, Any]) -> str:
             "estimate use the modalities present only.</p>"
         )
     parts.append(_kv_table(qc) or "<p class=\"muted\">No quality checks recorded.</p>")
-    parts.append("</section>")
-    return "".join(parts)
+    return _section("qc", "Quality checks", "".join(parts))
 
 
 # ---------------------------------------------------------------- public API
@@ -387,30 +425,42 @@ def render_subject_report(
     All text is escaped with :func:`html.escape`; the page has no script, no external
     resource and no web font, so it renders identically offline.
     """
+    title, body = _subject_page(subject, model, figures, top_regions, qc, global_metabolism, crs)
+    return _write_page(out_html, title, body)
+
+
+def _subject_page(subject: Mapping[str, Any], model: Mapping[str, Any],
+                  figures: Mapping[str, PathLike | tuple[PathLike, str]], top_regions: pd.DataFrame | None,
+                  qc: Mapping[str, Any], global_metabolism: Mapping[str, Any] | None,
+                  crs: Mapping[str, Any] | None) -> tuple[str, list[str]]:
+    """Title and body parts of a subject report (arguments as for the report)."""
     _, ident = _first(subject, "participant_id", "label", "subject")
-    ident_text = _fmt(ident) if ident is not None else "subject"
-    figure_html = [_figure_html(str(title), spec) for title, spec in figures.items()]
-    body = [
-        f"<header><h1>Anomaly report: {html.escape(ident_text)}</h1>",
-        "<p class=\"banner\">Where this brain differs from a normative model of healthy "
-        "brains, and which regions differ most. For research use: the maps and numbers "
-        "are not a diagnosis.</p></header>",
-        "<div class=\"grid\">",
-        f"<section id=\"subject\"><h2>Subject</h2>{_kv_table(subject)}</section>",
-        f"<section id=\"model\"><h2>Model</h2>{_kv_table(model)}</section>",
-        "</div>",
-        "<div class=\"grid\">",
-        _metabolism_html(global_metabolism),
-        _crs_html(crs),
-        "</div>",
-        "<section id=\"figures\"><h2>Figures</h2>",
-        "".join(figure_html) or "<p class=\"muted\">No figures.</p>",
-        "</section>",
-        _regions_html(top_regions),
-        _qc_html(qc),
+    title = f"Anomaly report: {_fmt(ident) if ident is not None else 'subject'}"
+    figure_html = "".join(_figure_html(str(name), spec) for name, spec in figures.items())
+    return title, [
+        _header(title, "Where this brain differs from a normative model of healthy brains, and "
+                       "which regions differ most. For research use: the maps and numbers are not "
+                       "a diagnosis."),
+        *_subject_sections(subject, model, figure_html, top_regions, qc, global_metabolism, crs),
         _footer(),
     ]
-    return write_text(_page(f"Anomaly report: {ident_text}", "\n".join(body)), out_html)
+
+
+def _subject_sections(subject: Mapping[str, Any], model: Mapping[str, Any], figure_html: str,
+                      top_regions: pd.DataFrame | None, qc: Mapping[str, Any],
+                      global_metabolism: Mapping[str, Any] | None, crs: Mapping[str, Any] | None
+                      ) -> list[str]:
+    """The sections of a subject report, in page order (arguments as for the report)."""
+    return [
+        "<div class=\"grid\">",
+        _section("subject", "Subject", _kv_table(subject)),
+        _section("model", "Model", _kv_table(model)),
+        "</div>",
+        "<div class=\"grid\">", _metabolism_html(global_metabolism), _crs_html(crs), "</div>",
+        _section("figures", "Figures", figure_html or "<p class=\"muted\">No figures.</p>"),
+        _regions_html(top_regions),
+        _qc_html(qc),
+    ]
 
 
 def render_index(
@@ -440,45 +490,76 @@ def render_index(
     pathlib.Path
         ``out_html``.
     """
-    out = Path(out_html)
-    base = out.resolve().parent
+    base = Path(out_html).resolve().parent
     columns: list[str] = []
     for entry in entries:
-        for key in entry:
-            if key != "report" and key not in columns:
-                columns.append(key)
-    header = "".join(f"<th scope=\"col\">{_label(c)}</th>" for c in columns)
-    header += "<th scope=\"col\">report</th>"
-    rows = []
-    for entry in entries:
-        cells = []
-        for col in columns:
-            value = entry.get(col)
-            numeric = isinstance(value, numbers.Number) and not isinstance(value, bool)
-            cls = " class=\"num\"" if numeric else ""
-            cells.append(f"<td{cls}>{_e(value)}</td>")
-        report = entry.get("report")
-        if report is None or _is_missing(report):
-            cells.append("<td class=\"muted\">none</td>")
-        else:
-            # Relative links keep the output folder movable as a whole; a relative
-            # path is taken as relative to the index's folder already.
-            report_path = Path(report)
-            rel = os.path.relpath(report_path.resolve(), base) if report_path.is_absolute() else report_path
-            href = urllib.parse.quote(Path(rel).as_posix())
-            cells.append(f"<td><a href=\"{html.escape(href, quote=True)}\">open</a></td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+        columns += [key for key in entry if key != "report" and key not in columns]
+    rows = [_index_row(entry, columns, base) for entry in entries]
     if not rows:
         rows.append(f"<tr><td colspan=\"{len(columns) + 1}\" class=\"muted\">No subjects.</td></tr>")
-    body = [
-        f"<header><h1>{html.escape(title)}</h1>",
-        "<p class=\"banner\">For research use: the maps and numbers are not a diagnosis.</p></header>",
-    ]
+    body = [_header(title, RESEARCH_ONLY)]
     if summary:
-        body.append(f"<section id=\"summary\"><h2>Summary</h2>{_kv_table(summary)}</section>")
-    body.append(
-        "<section id=\"subjects\"><h2>Subjects</h2><div class=\"scroll\"><table>"
-        f"<thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table></div></section>"
-    )
-    body.append(_footer())
-    return write_text(_page(title, "\n".join(body)), out)
+        body.append(_section("summary", "Summary", _kv_table(summary)))
+    body += [_section("subjects", "Subjects", _table([*columns, "report"], rows)), _footer()]
+    return _write_page(out_html, title, body)
+
+
+def _index_row(entry: Mapping[str, Any], columns: Sequence[str], base: Path) -> str:
+    """One subject's ``<tr>`` of the index: its values, then the link to its report."""
+    cells = [_cell(entry.get(col)) for col in columns]
+    report = entry.get("report")
+    if report is None or _is_missing(report):
+        cells.append("<td class=\"muted\">none</td>")
+    else:
+        cells.append(f"<td><a href=\"{_href(report, base)}\">open</a></td>")
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def render_demo_index(
+    out_html: PathLike,
+    *,
+    cohort: str,
+    headline: Mapping[str, Any],
+    outputs: Sequence[tuple[PathLike, str]],
+    figures: Sequence[PathLike] = (),
+    commands: Sequence[tuple[str, float]] = (),
+) -> Path:
+    """Write the page of ``anomaly demo``: headline numbers and links to every output.
+
+    Parameters
+    ----------
+    out_html : path
+        Page file, ``DEMO_DIR/index.html``.
+    cohort : str
+        What was simulated, e.g. "16 controls, 16 patients, 4 mm"; shown in the intro.
+    headline : mapping
+        Label -> value of the headline numbers (values shown as given: pass strings
+        to choose their format).
+    outputs : sequence of (path, text)
+        Output files to link; a relative path is relative to the folder of ``out_html``.
+    figures : sequence of path
+        PNG/JPEG figures (the group maps), embedded with their file stem as title.
+    commands : sequence of (command, seconds)
+        The commands that the demo ran, shown as a transcript.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_html``.
+    """
+    base = Path(out_html).resolve().parent
+    links = "".join(f"<li><a href=\"{_href(path, base)}\">{html.escape(text)}</a></li>"
+                    for path, text in outputs)
+    body = [
+        _header("anomaly demo", "A simulated cohort of controls and coma patients, the normative "
+                                "autoencoder, anomaly maps, the CRS-R regressor and group analysis "
+                                f"({cohort}). {RESEARCH_ONLY}"),
+        _section("headline", "Headline numbers", _kv_table(headline, label=_escape_key)),
+        _section("outputs", "Outputs", f"<ul>{links}</ul>"),
+    ]
+    if figures:
+        body.append(_section("group", "Group maps",
+                             "".join(_figure_html(Path(png).stem, png) for png in figures)))
+    transcript = "".join(f"$ {command}    # {seconds:.0f} s\n" for command, seconds in commands)
+    body += [_section("commands", "Commands run", f"<pre>{html.escape(transcript)}</pre>"), _footer()]
+    return _write_page(out_html, "anomaly demo", body)

@@ -1,0 +1,218 @@
+"""The argument parser of ``anomaly``: one function per subcommand's arguments.
+
+Only argparse and the standard library are imported here, so that ``anomaly --help``
+answers at once. Usage errors are one line and exit status 2 (:mod:`anomaly.cli.status`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from anomaly import __version__
+from anomaly.cli.status import EXIT_BAD_INPUT
+
+#: Flags without a value that may come before the BIDS-App positional arguments.
+_BIDS_APP_LEADING_FLAGS = ("--debug", "--quiet", "--no-figures")
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# --------------------------------------------------------------------------- value types
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text}")
+    return value
+
+
+def _resolution(text: str) -> float:
+    value = float(text)
+    if not 1.0 <= value <= 8.0:
+        raise argparse.ArgumentTypeError(f"expected a voxel size in mm between 1 and 8; got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1; got {text}")
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4; got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"expected 0 <= I < N in I/N; got {text!r}")
+    return index, count
+
+
+# --------------------------------------------------------------------------- subcommands
+def _add_simulate(sub, common) -> None:
+    p = sub.add_parser("simulate", parents=[common], help="write a simulated BIDS cohort with ground truth",
+                       description="Simulate healthy and coma cohorts (T1w, FLAIR, FDG PET) in MNI space, "
+                                   "with lesion masks and true CRS-R under derivatives/simulation/.")
+    p.add_argument("out_dir", type=Path, help="new (or empty) output folder")
+    p.add_argument("--healthy", type=int, default=20, help="number of controls (default 20)")
+    p.add_argument("--patients", type=int, default=10, help="number of patients (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resolution", type=_resolution, default=2.0, help="voxel size in mm (default 2)")
+    p.add_argument("--label-noise", type=float, default=1.5, help="SD of CRS-R label noise (default 1.5)")
+    p.add_argument("--missing-fraction", type=float, default=0.1,
+                   help="fraction of patients missing one modality (default 0.1)")
+    p.add_argument("--jobs", type=_positive_int, default=1, help="worker processes (default 1)")
+
+
+def _add_fit_normative(sub, common) -> None:
+    p = sub.add_parser("fit-normative", parents=[common], help="train a normative model on the controls",
+                       description="Fit a normative model on the participants whose group is 'control'.")
+    p.add_argument("bids_dir", type=Path, help="BIDS dataset with participants.tsv")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--method", choices=("ae", "zscore"), default="ae",
+                   help="denoising autoencoder (default) or voxelwise z-score model")
+    p.add_argument("--modalities", nargs="+", metavar="M",
+                   help="BIDS suffixes to model (default: all that every control has)")
+    p.add_argument("--resolution", type=_resolution, default=2.0, help="model grid voxel size in mm (default 2)")
+    p.add_argument("--epochs", type=_positive_int, default=20, help="training epochs (default 20)")
+    p.add_argument("--batch-size", type=_positive_int, default=2, help="subjects per batch (default 2)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--val-fraction", type=_fraction, default=0.2,
+                   help="controls held out for validation and calibration (default 0.2)")
+    p.add_argument("--pet-reference", choices=("cerebellum", "brainstem", "global"), default="cerebellum",
+                   help="PET SUVR reference region (default cerebellum)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted training in --out")
+    p.add_argument("--keep-cache", action="store_true", help="keep preprocessed arrays in --out/cache")
+
+
+def _add_score(sub, common) -> None:
+    p = sub.add_parser("score", parents=[common], help="anomaly maps, region tables and reports",
+                       description="Score subjects: INPUT is one subject's NIfTI file(s) or a BIDS dataset "
+                                   "folder (all patients, or --participant-label). The BIDS-App form "
+                                   "'anomaly BIDS_DIR OUT_DIR participant --model M [...]' does the same.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="NIfTI file(s) of one subject (sub-<label>_<suffix>.nii.gz, or see --modality), "
+                        "or one BIDS dataset folder")
+    p.add_argument("--model", type=Path, required=True, help="normative model folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder (BIDS derivatives)")
+    p.add_argument("--atlas", nargs="+", default=None, metavar="NAME|PATH",
+                   help="atlas name(s) or label image path(s) (default neuromorphometrics)")
+    p.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                   help="subjects to score (with or without 'sub-')")
+    p.add_argument("--modality", nargs="+", metavar="M",
+                   help="modality (BIDS suffix: T1w, FLAIR, pet...) of each input file, in order, "
+                        "when the file names have no BIDS suffix")
+    p.add_argument("--subject", metavar="LABEL", help="subject label for file inputs without sub-<label>")
+    p.add_argument("--age", type=float, help="age of a single subject given as files")
+    p.add_argument("--sex", choices=("M", "F"), help="sex of a single subject given as files")
+    p.add_argument("--group", choices=("patient", "control", "all"), default="patient",
+                   help="which participants of a BIDS dataset to score (default patient)")
+    p.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="score only subjects I, I+N, I+2N... of the sorted list (I is 0-based: "
+                        "shards 0/N..N-1/N together score every subject once; e.g. "
+                        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-(N-1)); "
+                        "shards may share --out")
+    p.add_argument("--crs-model", type=Path, help="CRS-R model folder: add the prediction to reports")
+    p.add_argument("--no-figures", action="store_true",
+                   help="skip figures and HTML reports (faster; maps and tables are still written)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
+
+
+def _add_fit_crs(sub, common) -> None:
+    p = sub.add_parser("fit-crs", parents=[common], help="train and cross-validate the CRS-R regressor",
+                       description="Fit the multiple-instance attention regressor of the CRS-R on region "
+                                   "tables, with cross-validated metrics and baselines.")
+    p.add_argument("scores_dir", type=Path, help="output folder of 'anomaly score'")
+    p.add_argument("--participants", type=Path, required=True, help="participants.tsv with crs")
+    p.add_argument("--out", type=Path, required=True, help="CRS model folder to write")
+    p.add_argument("--loss", default="mse",
+                   help="loss or weighted sum, e.g. mse, huber, coral, corn, rank, kappa, soft, "
+                        "'coral+rank', 'mse:1,rank:0.5' (default mse)")
+    p.add_argument("--cv", default="loo", help="loo, kfold:K or kfold:KxR (default loo)")
+    p.add_argument("--atlas", help="atlas of the region tables (default: the only one present)")
+    p.add_argument("--lds", action="store_true", help="label distribution smoothing reweighting")
+    p.add_argument("--curriculum", choices=("none", "confidence", "self-paced", "random"), default="none",
+                   help="training order schedule; 'random' is the growing-set control (default none)")
+    p.add_argument("--seeds", type=_positive_int, default=5, help="ensemble members (default 5)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: model's)")
+    p.add_argument("--mcs-cut", type=int, default=8, help="CRS-R cut for MCS-level AUROC (default 8)")
+    p.add_argument("--features", metavar="LIST",
+                   help="region-table columns given to the regressor and the ridge baseline, comma-separated, "
+                        "or 'all' (default anomaly_mean)")
+    p.add_argument("--global-features", metavar="LIST",
+                   help="subject-level values of sub-<label>_scores.json, comma-separated, 'all' or 'none' "
+                        "(default global_cortical_pet_percent where present)")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="cross-validation folds fitted in parallel processes (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _add_predict(sub, common) -> None:
+    p = sub.add_parser("predict", parents=[common], help="predict the CRS-R with explanation maps")
+    p.add_argument("scores_dir", type=Path, help="output folder of 'anomaly score'")
+    p.add_argument("--model", type=Path, required=True, help="CRS model folder from fit-crs")
+    p.add_argument("--out", type=Path, required=True, help="predictions TSV to write")
+    p.add_argument("--maps-dir", type=Path, help="explanation maps folder (default: the TSV's folder)")
+    p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="subjects to predict")
+
+
+def _add_group(sub, common) -> None:
+    p = sub.add_parser("group", parents=[common], help="group maps and region correlations with the CRS-R")
+    p.add_argument("scores_dir", type=Path, help="output folder of 'anomaly score'")
+    p.add_argument("--participants", type=Path, required=True, help="participants.tsv with crs")
+    p.add_argument("--out", type=Path, required=True, help="group output folder")
+    p.add_argument("--atlas", help="atlas of the region tables (default: the only one present)")
+    p.add_argument("--crs-model", type=Path, help="CRS model folder: add the cohort mean attention")
+
+
+def _add_demo(sub, common) -> None:
+    p = sub.add_parser("demo", parents=[common], help="run the whole toolkit on a simulated cohort")
+    p.add_argument("--out", type=Path, default=Path("anomaly_demo"), help="output folder (default ./anomaly_demo)")
+    p.add_argument("--quick", action="store_true", help="smaller cohort and model (about 2 minutes)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+#: Subcommand -> function adding its arguments, in the order of ``anomaly --help``.
+_SUBCOMMANDS = {"simulate": _add_simulate, "fit-normative": _add_fit_normative, "score": _add_score,
+                "fit-crs": _add_fit_crs, "predict": _add_predict, "group": _add_group, "demo": _add_demo}
+COMMANDS = tuple(_SUBCOMMANDS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (one subparser per command)."""
+    parser = _Parser(prog="anomaly", description=(
+        "Weakly supervised brain anomaly detection: normative models of healthy brains, "
+        "atlas-region anomaly scores and CRS-R regression."))
+    parser.add_argument("--version", action="version", version=f"anomaly {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in _SUBCOMMANDS.values():
+        add(sub, common)
+    return parser
+
+
+def bids_app_argv(argv: list[str]) -> list[str]:
+    """Translate ``anomaly BIDS_DIR OUT_DIR participant ...`` (BIDS-App form) to ``score``.
+
+    The BIDS-App specification puts the three positional arguments first; options
+    (``--participant_label``, ``--model``...) follow and are passed on unchanged. Flags
+    without a value (``--debug``, ``--quiet``, ``--no-figures``) may also come first.
+    """
+    flags = [a for a in argv[:3] if a in _BIDS_APP_LEADING_FLAGS]
+    rest = argv[len(flags):] if argv[:len(flags)] == flags else argv
+    if len(rest) >= 3 and rest[0] not in COMMANDS and not any(a.startswith("-") for a in rest[:3]) \
+            and rest[2] == "participant":
+        return ["score", rest[0], "--out", rest[1], *flags, *rest[3:]]
+    return argv
