@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from anomaly.atlas.regions import RegionStats, paint_regions, percentile_name
-from anomaly.io import AnomalyInputError, load_image, read_map
+from anomaly.io import AnomalyInputError, check_columns, load_image, read_map, read_table
+
 from anomaly.preprocess import Grid, resample_image
 
 __all__ = ["DEFAULT_ATLAS", "Atlas", "atlas_dir", "list_atlases"]
@@ -127,18 +128,10 @@ def _read_label_table(source: PathLike | pd.DataFrame | Mapping[int, str]) -> pd
         where = str(path)
         if not path.is_file():
             raise AnomalyInputError(f"{path}: atlas label table not found")
-        try:
-            # keep_default_na=False: a region may legitimately be called "NA".
-            table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            reason = " ".join(str(exc).split())[:300]
-            raise AnomalyInputError(f"{path}: cannot read atlas label table ({reason})") from None
-    missing = [col for col in ("index", "name") if col not in table.columns]
-    if missing:
-        raise AnomalyInputError(
-            f"{where}: atlas label table lacks column(s) {', '.join(missing)} "
-            f"(expected tab-separated columns index, name; found {', '.join(map(str, table.columns))})"
-        )
+        # keep_default_na=False: a region may legitimately be called "NA".
+        table = read_table(path, "atlas label table", sep="\t", dtype=str, keep_default_na=False)
+    check_columns(table, ("index", "name"), where, "atlas label table",
+                  hint="expected tab-separated columns index, name")
     index = pd.to_numeric(table["index"], errors="coerce")
     bad = table["index"][index.isna() | (index != np.round(index))]
     if len(bad):

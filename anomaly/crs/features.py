@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anomaly.io import AnomalyInputError
+from anomaly.io import AnomalyInputError, read_table
 
 __all__ = [
     "DEFAULT_FEATURES",
@@ -309,14 +309,8 @@ def find_region_tables(scores_dir: str | os.PathLike, *, atlas: str | None = Non
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise AnomalyInputError(f"{path}: cannot read region table ({exc.__class__.__name__})") from None
-    for col in ("index", "name"):
-        if col not in df.columns:
-            raise AnomalyInputError(f"{path}: region table has no {col!r} column")
-    return df
+    return read_table(path, "region table", required=("index", "name"), sep="\t", na_values=["n/a"],
+                      keep_default_na=False)
 
 
 def _read_globals(path: Path) -> dict[str, float]:

@@ -9,6 +9,8 @@ Modules, one job each:
   :func:`read_map` for derived maps (statistical maps, masks, label images);
 - :mod:`~anomaly.io.participants`: :func:`read_participants` for ``participants.tsv``;
 - :mod:`~anomaly.io.bids`: BIDS file names and :func:`find_subjects`;
+- :mod:`~anomaly.io.tables`: :func:`read_table` for small tab-separated tables (label
+  tables, region tables, training logs);
 - :mod:`~anomaly.io.writing`: :func:`atomic_path` and the writers built on it, so that
   an interrupted run never leaves a half-written file, and :func:`check_output_dir`;
 - :mod:`~anomaly.io.modelfolder`: the one model-folder format (metadata schema,
@@ -16,8 +18,8 @@ Modules, one job each:
   :func:`read_model_folder`;
 - :mod:`~anomaly.io.device`: :func:`resolve_device`, ``auto|cpu|cuda`` to a torch device.
 
-This is the lowest layer of the package after :mod:`anomaly.constants`, the only
-module it imports.
+This is the lowest layer of the package: it imports only :mod:`anomaly.constants` and
+the package version.
 """
 
 from anomaly.io.bids import Subject, find_subjects, modality_from_path, subject_from_path
@@ -26,6 +28,7 @@ from anomaly.io.errors import AnomalyInputError, AnomalyModelError
 from anomaly.io.images import load_image, read_map
 from anomaly.io.modelfolder import ModelFolder, read_model_folder, save_model_folder, save_tensors, sha256
 from anomaly.io.participants import read_participants
+from anomaly.io.tables import check_columns, read_table
 from anomaly.io.writing import (
     atomic_path,
     check_output_dir,
@@ -43,6 +46,7 @@ __all__ = [
     "ModelFolder",
     "Subject",
     "atomic_path",
+    "check_columns",
     "check_output_dir",
     "find_subjects",
     "jsonable",
@@ -51,6 +55,7 @@ __all__ = [
     "read_map",
     "read_model_folder",
     "read_participants",
+    "read_table",
     "resolve_device",
     "save_image",
     "save_model_folder",

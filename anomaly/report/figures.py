@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from anomaly.constants import Z_THRESHOLD
-from anomaly.io import AnomalyInputError, atomic_path
+from anomaly.io import AnomalyInputError, atomic_path, check_columns, read_table
 from anomaly.report._docs import fill_doc
 
 __all__ = [
@@ -525,17 +525,8 @@ def _read_training_log(csv_or_df: PathLike | pd.DataFrame) -> tuple[pd.Series, d
     else:
         path = Path(csv_or_df)
         where = str(path)
-        try:
-            log = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", na_values=["n/a"])
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            reason = " ".join(str(exc).split())[:300]
-            raise AnomalyInputError(f"{where}: cannot read training log ({reason})") from None
-    missing = [col for col in ("epoch", "train_loss") if col not in log.columns]
-    if missing:
-        raise AnomalyInputError(
-            f"{where}: training log lacks column(s) {', '.join(missing)} "
-            f"(found {', '.join(map(str, log.columns))})"
-        )
+        log = read_table(path, "training log", sep="\t" if path.suffix == ".tsv" else ",", na_values=["n/a"])
+    check_columns(log, ("epoch", "train_loss"), where, "training log")
     if log.empty:
         raise AnomalyInputError(f"{where}: training log has no rows")
     epoch = pd.to_numeric(log["epoch"], errors="coerce")
