@@ -45,12 +45,16 @@ def test_weights_are_per_member_and_not_pickled(saved):
     assert {k.split(".")[0] for k in tensors} == {"member000", "member001", "member002"}
 
 
+def _flip_a_byte(path):
+    """Tamper with a file: its SHA-256 no longer matches the model's metadata."""
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_tampered_weights_are_refused(saved):
     _, _, folder = saved
-    w = folder / "weights.safetensors"
-    data = bytearray(w.read_bytes())
-    data[-3] ^= 0xFF
-    w.write_bytes(bytes(data))
+    _flip_a_byte(folder / "weights.safetensors")
     with pytest.raises(AnomalyModelError, match="weights.safetensors.*SHA-256"):
         load_crs_model(folder)
 
@@ -86,10 +90,7 @@ def test_folder_of_the_previous_layout_still_loads(saved):
     loaded = load_crs_model(folder)
     assert np.array_equal(loaded.estimator.predict(cohort.bags), model.predict(cohort.bags))
     assert loaded.conformal_quantile == 2.5
-    w = folder / "weights.safetensors"
-    data = bytearray(w.read_bytes())
-    data[-3] ^= 0xFF
-    w.write_bytes(bytes(data))
+    _flip_a_byte(folder / "weights.safetensors")
     with pytest.raises(AnomalyModelError, match="weights.safetensors: SHA-256 does not match"):
         load_crs_model(folder)
 

@@ -336,10 +336,7 @@ def test_folder_of_the_previous_layout_still_loads(ae_model_dir, sim_cohort, tmp
     old, new = NormativeModel.load(folder), NormativeModel.load(ae_model_dir)
     patient = find_subjects(sim_cohort, group="patient")[0]
     np.testing.assert_array_equal(old.transform(patient.images).anomaly, new.transform(patient.images).anomaly)
-    weights = folder / "weights.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-5] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    _flip_a_byte(folder / "weights.safetensors")
     with pytest.raises(AnomalyModelError, match="weights.safetensors: SHA-256 does not match"):
         NormativeModel.load(folder)
 
@@ -363,6 +360,13 @@ def test_one_device_resolver_with_one_message():
             resolve_device("cuda")
 
 
+def _flip_a_byte(path: Path) -> None:
+    """Tamper with a file: its SHA-256 no longer matches the model's metadata."""
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def _copy_model(src: Path, dst: Path) -> Path:
     import shutil
 
@@ -372,10 +376,7 @@ def _copy_model(src: Path, dst: Path) -> Path:
 
 def test_tampered_weights_are_refused(ae_model_dir, tmp_path):
     folder = _copy_model(ae_model_dir, tmp_path / "m")
-    weights = folder / "weights.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-5] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    _flip_a_byte(folder / "weights.safetensors")
     with pytest.raises(AnomalyModelError, match="SHA-256 does not match"):
         NormativeModel.load(folder)
 

@@ -48,9 +48,6 @@ from anomaly.constants import PET, derivative_name
 from anomaly.io import AnomalyInputError, jsonable, save_image, write_json, write_tsv
 from anomaly.normative import NormativeModel, SubjectScore
 from anomaly.preprocess import Preprocessed, template_images
-# ANOMALY_FIGURE_THRESHOLD and REPORT_COLUMNS are re-exported: they used to live here.
-from anomaly.report.subject import ANOMALY_FIGURE_THRESHOLD, REPORT_COLUMNS, write_subject_figures  # noqa: F401
-
 
 
 @dataclass
@@ -252,6 +249,9 @@ class Scorer:
     def _figures_and_report(self, label: str, score: SubjectScore, table: pd.DataFrame, values: dict,
                             folder: Path) -> dict:
         """Figures and HTML report (:func:`anomaly.report.subject.write_subject_figures`)."""
+        # matplotlib and nilearn's plotting load in ~1 s: only when figures are asked for.
+        from anomaly.report.subject import write_subject_figures
+
         return write_subject_figures(label, score, table, values, folder, t1=self._t1, renderers=self._renderers)
 
 
@@ -268,4 +268,4 @@ def _predict_crs_one(crs_model, tables: dict, values: dict) -> dict:
     return predict_from_tables(crs_model, tables, global_values=numbers)
 
 
-__all__ = ["ANOMALY_FIGURE_THRESHOLD", "ScoredSubject", "Scorer"]
+__all__ = ["ScoredSubject", "Scorer"]
