@@ -29,7 +29,7 @@ import pandas as pd
 from anomaly.cli.commands import PIPELINE
 from anomaly.cli.parser import build_parser
 from anomaly.cli.status import EXIT_OK, CommandFailed, run_guarded
-from anomaly.io import AnomalyInputError, check_output_dir, write_text
+from anomaly.io import AnomalyInputError, check_output_dir, read_map, write_text
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,6 @@ def run_demo(out: str | Path = "anomaly_demo", *, quick: bool = False, seed: int
 
 def detection_summary(bids: Path, scores: Path) -> dict:
     """Voxel AUROC of the patients' anomaly maps for their simulated focal lesions."""
-    import nibabel as nib
     from sklearn.metrics import roc_auc_score
 
     from anomaly.preprocess import Grid, resample_to_grid, template_images
@@ -134,7 +133,7 @@ def detection_summary(bids: Path, scores: Path) -> dict:
         prefix = truth / label / f"{label}_desc-"
         if not Path(f"{prefix}focal_mask.nii.gz").exists():
             continue
-        img = nib.load(anomaly_path)
+        img = read_map(anomaly_path, str(anomaly_path))
         grid = Grid(shape=img.shape, affine=img.affine, resolution=float(abs(img.affine[0, 0])))
         anomaly = np.asarray(img.dataobj, np.float32)
         focal = resample_to_grid(f"{prefix}focal_mask.nii.gz", grid, interpolation="nearest") > 0.5

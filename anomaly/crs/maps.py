@@ -18,7 +18,8 @@ import numpy as np
 
 from anomaly.atlas import Atlas, paint_regions
 from anomaly.constants import SPACE
-from anomaly.io import AnomalyInputError
+from anomaly.io import AnomalyInputError, read_map
+from anomaly.preprocess import resample_image
 
 __all__ = ["AtlasLabels", "anomaly_map_path", "crs_relevant_map", "load_atlas_on", "load_float_map", "mean_image",
            "paint"]
@@ -89,7 +90,7 @@ class AtlasLabels:
         if isinstance(self.atlas, nib.spatialimages.SpatialImage):
             return self.on(self.atlas)
         if isinstance(self.atlas, (str, os.PathLike)) and str(self.atlas).endswith((".nii", ".nii.gz")):
-            return self.on(nib.load(str(self.atlas)))
+            return self.on(read_map(self.atlas, str(self.atlas)))
         try:
             return self.on(Atlas.load(self.atlas).image)
         except Exception as exc:  # noqa: BLE001 - any failure means: no maps, say why
@@ -105,8 +106,8 @@ def anomaly_map_path(scores_dir: Path, pid: str) -> Path | None:
 
 
 def load_float_map(path: Path) -> nib.Nifti1Image:
-    """A map as float32 data on its own affine."""
-    img = nib.load(str(path))
+    """A map as float32 data on its own affine (read through the toolkit's map reader)."""
+    img = read_map(path, str(path))
     return nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
 
 
@@ -121,8 +122,6 @@ def crs_relevant_map(anomaly_img: nib.spatialimages.SpatialImage, labels: nib.sp
 
 def mean_image(paths: Sequence[Path]) -> nib.Nifti1Image:
     """Voxel-wise mean of maps (resampled to the first map's grid if needed; NaN counts 0)."""
-    from nilearn.image import resample_to_img
-
     ref = load_float_map(paths[0])
     acc = np.zeros(ref.shape[:3], dtype=np.float64)
     for p in paths:
@@ -130,6 +129,6 @@ def mean_image(paths: Sequence[Path]) -> nib.Nifti1Image:
         if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-4):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                img = resample_to_img(img, ref, interpolation="continuous", force_resample=True, copy_header=True)
+                img = resample_image(img, target_affine=ref.affine, target_shape=ref.shape[:3])
         acc += np.nan_to_num(np.asarray(img.dataobj, dtype=np.float64))
     return nib.Nifti1Image((acc / len(paths)).astype(np.float32), ref.affine)
