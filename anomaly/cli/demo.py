@@ -18,6 +18,7 @@ detection against the simulator's ground truth and the cross-validated CRS-R met
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -170,11 +171,16 @@ def write_demo_index(out: Path, *, size: DemoSize, log: list[dict], detection: d
         cohort=f"{size.healthy} controls, {size.patients} patients, {size.resolution:g} mm",
         headline=_headline_numbers(out, size, detection, seconds),
         outputs=[(out / rel, text) for rel, text in DEMO_OUTPUTS if (out / rel).exists()],
-        figures=sorted((out / "group").glob("*.png")),
+        figures=sorted((out / "group").glob("*.png"), key=_natural_key),
         commands=[(entry["command"], entry["seconds"]) for entry in log])
     write_text(json.dumps({"size": size.__dict__, "commands": log, "detection": detection}, indent=2),
                out / "demo_summary.json")
     return path
+
+
+def _natural_key(path: Path) -> list:
+    """Sort key reading digit runs as numbers: CRS-R band 8-15 comes before 16-23."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
 def _headline_numbers(out: Path, size: DemoSize, detection: dict, seconds: float) -> dict[str, str]:
