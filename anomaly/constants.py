@@ -19,9 +19,15 @@ CRS_LEVELS = CRS_MAX + 1
 PET = "pet"
 
 #: Direction in which a lesion pushes each modality, as the sign of the z score that
-#: counts as abnormal: lower T1w signal and FDG uptake, higher FLAIR/T2w/PD signal.
-#: A modality not listed counts as "higher" (see :func:`lesion_sign`).
-LESION_SIGN = {"T1w": -1.0, "T2w": 1.0, "FLAIR": 1.0, "pet": -1.0, "PD": 1.0}
+#: counts as abnormal: -1.0 "lower" (T1w signal, FDG uptake, fractional anisotropy,
+#: perfusion), +1.0 "higher" (FLAIR/T2w/PD signal), 0.0 "both" (two-sided: ADC and MD
+#: fall in acute cytotoxic oedema and rise in vasogenic oedema and chronic damage; SWI and
+#: T2* change either way). A modality not listed is two-sided (see :func:`lesion_sign`).
+LESION_SIGN = {"T1w": -1.0, "T2w": 1.0, "FLAIR": 1.0, "PD": 1.0, "pet": -1.0,
+               "FA": -1.0, "ADC": 0.0, "MD": 0.0, "cbf": -1.0, "SWI": 0.0, "T2starw": 0.0}
+
+#: The words a user gives for a direction, and the sign each stands for.
+LESION_DIRECTIONS = {"lower": -1.0, "higher": 1.0, "both": 0.0}
 
 #: |z| beyond which a voxel counts as abnormal in region tables and figures.
 Z_THRESHOLD = 2.0
@@ -31,9 +37,15 @@ Z_THRESHOLD = 2.0
 AWARENESS_PERCENT = 42.0
 
 
-def lesion_sign(modality: str) -> float:
-    """Sign of an abnormal z for ``modality`` (+1.0, "higher", for a modality not listed)."""
-    return LESION_SIGN.get(modality, 1.0)
+def lesion_sign(modality: str, directions: dict[str, str] | None = None) -> float:
+    """Sign of an abnormal z for ``modality``: -1.0, +1.0, or 0.0 for two-sided.
+
+    ``directions`` (modality -> "lower" | "higher" | "both", as a user declared them)
+    takes precedence over :data:`LESION_SIGN`; a modality in neither is two-sided.
+    """
+    if directions and modality in directions:
+        return LESION_DIRECTIONS[directions[modality]]
+    return LESION_SIGN.get(modality, 0.0)
 
 
 def derivative_name(label: str, *parts: str) -> str:

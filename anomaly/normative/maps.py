@@ -2,7 +2,8 @@
 
 Combined anomaly map: each modality contributes its z in the direction a lesion pushes
 it (:data:`anomaly.constants.LESION_SIGN`: lower T1w signal and lower FDG uptake,
-higher FLAIR/T2w signal), clipped at zero; the map is the mean of these over the
+higher FLAIR/T2w signal; both ways, ``|z|``, for a two-sided modality such as ADC or
+one the toolkit does not know), clipped at zero; the map is the mean of these over the
 modalities present, so it is >= 0, in z units, and comparable between subjects missing
 different modalities.
 """
@@ -52,10 +53,11 @@ class SubjectScore:
 
 
 def combine_anomaly(z: np.ndarray, present: np.ndarray, modalities: Sequence[str],
-                    mask: np.ndarray) -> np.ndarray:
+                    mask: np.ndarray, directions: dict[str, str] | None = None) -> np.ndarray:
     """Mean over present modalities of the lesion-direction z, clipped at zero.
 
-    NaN voxels of a modality (outside its image's field of view) are left out of the
+    ``directions`` (modality -> "lower" | "higher" | "both") overrides the built-in
+    lesion directions (:func:`anomaly.constants.lesion_sign`). NaN voxels of a modality (outside its image's field of view) are left out of the
     mean at that voxel, so a partial scan does not dilute or fake an anomaly.
     """
     total = np.zeros(mask.shape, np.float32)
@@ -63,7 +65,8 @@ def combine_anomaly(z: np.ndarray, present: np.ndarray, modalities: Sequence[str
     for c, m in enumerate(modalities):
         if not present[c]:
             continue
-        part = np.clip(lesion_sign(m) * z[c], 0, None)
+        sign = lesion_sign(m, directions)
+        part = np.abs(z[c]) if sign == 0 else np.clip(sign * z[c], 0, None)
         covered = np.isfinite(part)
         total += np.where(covered, part, 0.0)  # sums in place: no stacked copy of the maps
         count += covered
