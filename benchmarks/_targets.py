@@ -78,7 +78,8 @@ def training_targets(rows: list[dict]) -> list[dict]:
              "met": bool(ratio <= TRAINING_MEMORY_RATIO), "source": TRAINING_SOURCE}]
 
 
-def crs_targets(mil: dict, *, name: str, ridge_mae: float, noise_floor: float, cv: str, n: int) -> list[dict]:
+def crs_targets(mil: dict, *, name: str, ridge_mae: float, noise_floor: float, cv: str, n: int,
+                differences=None) -> list[dict]:
     """CRS-R targets of the MIL configuration ``name``.
 
     Parameters
@@ -92,6 +93,10 @@ def crs_targets(mil: dict, *, name: str, ridge_mae: float, noise_floor: float, c
     cv, n : str, int
         Cross-validation scheme and number of patients (the run-time target needs LOO on
         at least :data:`CRS_LOO_PATIENTS`).
+    differences : DataFrame, optional
+        Paired bootstrap differences against each baseline (model, metric, difference,
+        ci_low, ci_high); the MIL must beat the best baseline with a 95% interval of the
+        MAE difference entirely below 0 (issue 13).
     """
     loc = mil["loc_auroc"]
     out = [
@@ -105,6 +110,12 @@ def crs_targets(mil: dict, *, name: str, ridge_mae: float, noise_floor: float, c
         {"target": f"MIL {name} localisation AUROC >= {CRS_LOCALISATION_AUROC:g}", "value": f"{loc:.3f}",
          "met": bool(loc >= CRS_LOCALISATION_AUROC) if math.isfinite(loc) else None},
     ]
+    if differences is not None and len(differences):
+        mae = differences[differences.metric == "mae"]
+        best = mae.loc[mae.difference.idxmax()]  # the baseline closest to (or better than) the MIL
+        out.append({"target": f"MIL {name} MAE below the best baseline ({best.model}), paired 95% CI below 0",
+                    "value": f"{best.difference:+.2f} [{best.ci_low:+.2f}, {best.ci_high:+.2f}]",
+                    "met": bool(best.ci_high < 0)})
     if cv == "loo" and n >= CRS_LOO_PATIENTS:
         out.append({"target": f"MIL {name} LOO on {n} patients < {CRS_LOO_SECONDS / 60:g} min (wall)",
                     "value": f"{mil['seconds']:.0f} s", "met": bool(mil["seconds"] < CRS_LOO_SECONDS)})

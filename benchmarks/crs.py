@@ -7,8 +7,10 @@ Compares, with the same cross-validation folds and bootstrap draws:
   link (``mse-identity``), with label-distribution smoothing, and with each curriculum
   (confidence, self-paced) against the random-order control with the same growing
   training-set sizes;
-* the two baselines: ridge regression on the flattened region features and the
-  training-fold mean;
+* the three baselines: ridge regression on the flattened region features, the
+  seven-parameter arousal x awareness model (:mod:`anomaly.crs.hypothesis`) and the
+  training-fold mean, with the paired bootstrap difference of the primary MIL
+  configuration's MAE against each;
 * the oracle noise floor: MAE of the noise-free ``crs_true`` against the noisy labels.
 
 Localisation: AUROC of ranking the atlas regions by the cohort mean of the
@@ -64,7 +66,8 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from anomaly.crs import cross_validate, load_region_bags, region_correlations, select_features
+from anomaly.crs import cross_validate, load_region_bags, paired_differences, region_correlations, select_features
+from anomaly.crs.validation import BASELINES
 from anomaly.crs.synthetic import simulate_region_bags
 from benchmarks._common import save_figure, write_json
 from benchmarks._targets import crs_targets
@@ -266,6 +269,7 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
         "noise_floor": floor, "table": table, "loc_corr": loc_corr, "predictions": predictions,
         "attention": attention, "region_names": list(bags.region_names), "causal": causal.tolist(),
     }
+    result["differences"] = baseline_differences(result, n_bootstrap=n_bootstrap, seed=seed)
     result["targets"] = check_targets(result)
     return result
 
@@ -291,7 +295,7 @@ def _run_configs(names, bags, y, y_sd, causal, predictions: pd.DataFrame, *, cv,
         cpu = time.process_time() - c0
         if baselines is None:
             baselines = res
-            for base in ("ridge", "mean"):
+            for base in BASELINES:
                 predictions[f"crs_pred_{base}"] = _aligned(res.predictions, predictions, f"crs_pred_{base}")
         predictions[f"crs_pred_mil_{name}"] = _aligned(res.predictions, predictions, "crs_pred_mil")
         attention[name] = res.attention.mean(0)
@@ -305,9 +309,9 @@ def _run_configs(names, bags, y, y_sd, causal, predictions: pd.DataFrame, *, cv,
 
 
 def _final_table(rows: list[dict], baselines, floor: float) -> pd.DataFrame:
-    """The MIL rows, then ridge, mean and the oracle noise floor; ``mae/floor`` added."""
+    """The MIL rows, then the baselines and the oracle noise floor; ``mae/floor`` added."""
     rows = list(rows)
-    for base in ("ridge", "mean"):
+    for base in BASELINES:
         rows.append({"model": base, **{m: cell(baselines.metrics, base, m) for m in METRIC_COLUMNS},
                      "mae_est": baselines.metric(base, "mae"), "spearman_est": baselines.metric(base, "spearman"),
                      "loc_auroc": float("nan"), "seconds": baselines.seconds[base], "cpu_s": float("nan")})
@@ -349,7 +353,16 @@ def check_targets(result: dict) -> list[dict]:
     t = result["table"].set_index("model")
     name = primary_config(result)
     return crs_targets(t.loc[f"MIL {name}"].to_dict(), name=name, ridge_mae=float(t.loc["ridge", "mae_est"]),
-                       noise_floor=result["noise_floor"], cv=result["cv"], n=result["n"])
+                       noise_floor=result["noise_floor"], cv=result["cv"], n=result["n"],
+                       differences=result.get("differences"))
+
+
+def baseline_differences(result: dict, *, n_bootstrap: int, seed: int) -> pd.DataFrame:
+    """Paired bootstrap MAE and QWK differences of the primary MIL configuration against each baseline."""
+    p = result["predictions"]
+    preds = {"mil": p[f"crs_pred_mil_{primary_config(result)}"].to_numpy(float),
+             **{base: p[f"crs_pred_{base}"].to_numpy(float) for base in BASELINES}}
+    return paired_differences(p["crs"].to_numpy(float), preds, n_bootstrap=n_bootstrap, seed=seed)
 
 
 def text_table(result: dict) -> str:
@@ -493,6 +506,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"seconds = CV wall time incl. bootstrap, cpu_s = CPU time of this process ({args.threads} thread(s), "
           f"{args.jobs} fold job(s))")
     print(text_table(result))
+    print(f"MIL {primary_config(result)} minus each baseline, paired bootstrap (MAE below 0 / QWK above 0 is better):")
+    print(result["differences"].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if result["loc_corr"]:
         print("group-correlation localisation AUROC (|rho|): "
               + ", ".join(f"{k} {v:.3f}" for k, v in result["loc_corr"].items()))

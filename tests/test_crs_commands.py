@@ -66,20 +66,28 @@ def dataset(tmp_path_factory):
 
 def test_fit_crs_outputs(dataset, capsys):
     model_dir, metrics = dataset["model"], dataset["metrics"]
-    for name in ("metadata.json", "weights.safetensors", "cv_metrics.tsv", "cv_predictions.tsv"):
+    for name in ("metadata.json", "weights.safetensors", "cv_metrics.tsv", "cv_predictions.tsv", "cv_differences.tsv"):
         assert (model_dir / name).is_file(), name
     assert metrics["n_patients"] == 12  # the control and the patient without a table are skipped
     assert set(metrics["mil"]) == {"mae", "rmse", "spearman", "qwk", "auroc"}
     assert {"estimate", "ci_low", "ci_high"} <= set(metrics["ridge"]["mae"])
     cvm = pd.read_csv(model_dir / "cv_metrics.tsv", sep="\t")
     assert list(cvm.columns) == ["model", "metric", "estimate", "ci_low", "ci_high"]
-    # One row per (model, metric): the documented metrics for MIL and its two baselines.
+    # One row per (model, metric): the documented metrics for MIL and its three baselines.
     from anomaly.crs.validation import METRICS
 
-    assert set(zip(cvm.model, cvm.metric)) == {(m, k) for m in ("mil", "ridge", "mean") for k in METRICS}
-    assert len(cvm) == len(METRICS) * 3
+    models = ("mil", "ridge", "hypothesis", "mean")
+    assert set(zip(cvm.model, cvm.metric)) == {(m, k) for m in models for k in METRICS}
+    assert len(cvm) == len(METRICS) * 4
     cvp = pd.read_csv(model_dir / "cv_predictions.tsv", sep="\t")
-    assert list(cvp.columns) == ["participant_id", "crs", "crs_pred_mil", "crs_pred_ridge", "crs_pred_mean"]
+    assert list(cvp.columns) == ["participant_id", "crs", *(f"crs_pred_{m}" for m in models)]
+    # The paired differences: MIL against each baseline, for MAE and QWK, intervals around them.
+    cvd = pd.read_csv(model_dir / "cv_differences.tsv", sep="\t")
+    assert set(zip(cvd.model, cvd.metric)) == {(m, k) for m in models[1:] for k in ("mae", "qwk")}
+    mae = cvm[cvm.metric == "mae"].set_index("model").estimate
+    row = cvd[(cvd.model == "ridge") & (cvd.metric == "mae")].iloc[0]
+    assert row.difference == pytest.approx(mae["mil"] - mae["ridge"], abs=1e-9)
+    assert row.ci_low <= row.difference <= row.ci_high
     meta = json.loads((model_dir / "metadata.json").read_text())
     assert meta["atlas"] == "tiny" and 0 < meta["conformal"]["quantile"] <= 23
     assert meta["training"]["n_patients"] == 12

@@ -93,15 +93,17 @@ def test_cross_validate_loo_with_baselines():
     cohort = simulate_region_bags(14, n_regions=8, seed=3)
     res = cross_validate(cohort.bags, cohort.crs, {"epochs": 20, "n_seeds": 1}, cv="loo", n_bootstrap=50,
                          progress=False)
-    assert list(res.predictions.columns[:5]) == ["participant_id", "crs", "crs_pred_mil", "crs_pred_ridge", "crs_pred_mean"]
-    assert res.predictions.crs_pred_mil.notna().all()
-    assert set(res.metrics.model) == {"mil", "ridge", "mean"} and len(res.metrics) == 15
+    assert list(res.predictions.columns[:6]) == ["participant_id", "crs", "crs_pred_mil", "crs_pred_ridge",
+                                                 "crs_pred_hypothesis", "crs_pred_mean"]
+    assert res.predictions.crs_pred_mil.notna().all() and res.predictions.crs_pred_hypothesis.notna().all()
+    assert set(res.metrics.model) == {"mil", "ridge", "hypothesis", "mean"} and len(res.metrics) == 20
+    assert set(res.differences.model) == {"ridge", "hypothesis", "mean"}
     # The mean baseline predicts each patient the mean of the OTHER patients.
     y = cohort.crs
     assert np.allclose(res.predictions.crs_pred_mean, (y.sum() - y) / (len(y) - 1))
     assert res.attention.shape == (14, 8)
     table = res.table()
-    assert list(table.index) == ["mil", "ridge", "mean"] and "qwk" in table.columns
+    assert list(table.index) == ["mil", "ridge", "hypothesis", "mean"] and "qwk" in table.columns
 
 
 def test_parallel_folds_give_the_serial_results():

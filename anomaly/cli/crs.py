@@ -113,10 +113,16 @@ def _report_cv(result: CVResult, out: Path, cv: str, n: int) -> None:
     """Print the cross-validated table and write cv_metrics.tsv and cv_predictions.tsv."""
     print(f"Cross-validated CRS-R prediction ({cv}, n={n}; estimate [95% bootstrap CI])")
     print(result.table().to_string())
+    if not result.differences.empty:
+        print("MIL minus each baseline, paired bootstrap (MAE: below 0 is better; QWK: above 0)")
+        print(result.differences.round(3).to_string(index=False))
     sys.stdout.flush()
     write_tsv(result.metrics, out / "cv_metrics.tsv")
-    write_tsv(result.predictions[["participant_id", "crs", "crs_pred_mil", "crs_pred_ridge", "crs_pred_mean"]],
-              out / "cv_predictions.tsv")
+    columns = ["participant_id", "crs", *(c for c in result.predictions.columns if c.startswith("crs_pred_")
+                                          and not c.endswith("_sd"))]
+    write_tsv(result.predictions[columns], out / "cv_predictions.tsv")
+    if not result.differences.empty:
+        write_tsv(result.differences, out / "cv_differences.tsv")
 
 
 def _metrics_dict(metrics: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
@@ -162,7 +168,8 @@ def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.
         value and a region table are used.
     out_dir : path
         Model folder: ``metadata.json``, ``weights.safetensors``, ``cv_metrics.tsv``,
-        ``cv_predictions.tsv``.
+        ``cv_predictions.tsv`` (out-of-fold estimates of every model) and
+        ``cv_differences.tsv`` (MIL minus each baseline, paired bootstrap).
     loss, lds, curriculum, n_seeds, epochs, mcs_cut, seed, params
         :class:`~anomaly.crs.MILRegressor` parameters (``epochs`` None: its default;
         ``params``: any further ones). ``mcs_cut`` is also the UWS/MCS cut of the AUROC.
@@ -174,7 +181,8 @@ def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.
     param_grid : mapping, optional
         Hyperparameters to tune by nested CV (and by CV on all data for the final fit).
     features, global_features : "all", "none", list or comma-separated str, optional
-        Columns given to the regressor AND the ridge baseline (see
+        Columns given to the regressor AND the ridge baseline (the arousal x awareness
+        baseline reads ``anomaly_mean`` and the global cortical PET level; see
         :func:`~anomaly.crs.select_features`).
     n_jobs, progress : int, bool
         CV folds fitted in parallel processes (-1: one per core; results do not
@@ -183,8 +191,8 @@ def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.
     Returns
     -------
     dict
-        ``{model: {metric: {"estimate", "ci_low", "ci_high"}}}`` for "mil", "ridge" and
-        "mean", plus ``"conformal_quantile"`` and ``"n_patients"``.
+        ``{model: {metric: {"estimate", "ci_low", "ci_high"}}}`` for "mil", "ridge",
+        "hypothesis" and "mean", plus ``"conformal_quantile"`` and ``"n_patients"``.
     """
     scores_dir = Path(scores_dir)
     mil_params = _mil_params(loss=loss, lds=lds, curriculum=curriculum, n_seeds=n_seeds, epochs=epochs,

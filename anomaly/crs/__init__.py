@@ -10,7 +10,8 @@ Public API
 load_region_bags, RegionBags, select_features, DEFAULT_FEATURES, DEFAULT_GLOBAL_FEATURES
 MILRegressor
 cross_validate, CVResult, regression_metrics, bootstrap_metrics,
-quadratic_weighted_kappa, conformal_quantile, MeanBaseline, RidgeBaseline
+quadratic_weighted_kappa, conformal_quantile, paired_differences, MeanBaseline, RidgeBaseline,
+HypothesisBaseline
 lds_weights, parse_loss
 pacing_sizes, curriculum_order
 benjamini_hochberg, region_correlations
@@ -33,6 +34,7 @@ from .features import (
     select_features,
 )
 from .group import benjamini_hochberg, region_correlations
+from .hypothesis import HypothesisBaseline
 from .losses import LOSSES, lds_weights, parse_loss
 from .model import MILRegressor
 from .modelio import CRSModel, load_crs_model, save_crs_model
@@ -45,6 +47,7 @@ from .validation import (
     conformal_quantile,
     cross_validate,
     make_splits,
+    paired_differences,
     prediction_interval,
     quadratic_weighted_kappa,
     regression_metrics,
@@ -56,6 +59,7 @@ __all__ = [
                        "LOSSES",
                        "CRSModel",
                        "CVResult",
+                       "HypothesisBaseline",
                        "LabelledCohort",
                        "MILRegressor",
                        "MeanBaseline",
@@ -76,6 +80,7 @@ __all__ = [
                        "load_region_bags",
                        "make_splits",
                        "pacing_sizes",
+                       "paired_differences",
                        "parse_loss",
                        "predict_from_tables",
                        "predict_table",

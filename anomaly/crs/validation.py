@@ -2,8 +2,11 @@
 baselines and conformal prediction intervals.
 
 With ~50 patients every number needs an interval and a baseline next to it: the
-training-fold mean (what a regressor that learned nothing achieves) and ridge regression
-on the same region features (what a linear model achieves).
+training-fold mean (what a regressor that learned nothing achieves), ridge regression
+on the same region features (what a linear model achieves) and the seven-parameter
+arousal x awareness model (:mod:`anomaly.crs.hypothesis`, what physiology alone
+achieves). Models are compared by paired bootstrap differences (the interval of the
+difference on the same resampled patients), not by two overlapping intervals.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from sklearn.metrics import cohen_kappa_score
 from anomaly.constants import CRS_LEVELS, CRS_MAX
 
 from .features import RegionBags, as_region_bags
+from .hypothesis import HypothesisBaseline
 from .model import MILRegressor
 
 __all__ = [
@@ -36,6 +40,7 @@ __all__ = [
     "RidgeBaseline",
     "bootstrap_metrics",
     "conformal_quantile",
+    "paired_differences",
     "cross_validate",
     "make_splits",
     "prediction_interval",
@@ -45,6 +50,8 @@ __all__ = [
 ]
 
 METRICS = ("mae", "rmse", "spearman", "qwk", "auroc")
+#: Baselines cross-validated beside the MIL regressor, in the order tables show them.
+BASELINES = ("ridge", "hypothesis", "mean")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -172,6 +179,60 @@ def bootstrap_metrics(y_true: Sequence[float], y_pred: Sequence[float] | Mapping
                 "ci_high": float(np.percentile(d, hi_q)) if d.size else float("nan"),
             })
     return pd.DataFrame(rows)
+
+
+def paired_differences(y_true: Sequence[float], y_pred: Mapping[str, Sequence[float]], *, reference: str = "mil",
+                       metrics: Sequence[str] = ("mae", "qwk"), n_bootstrap: int = 1000, ci: float = 0.95,
+                       seed: int = 0, mcs_cut: float = 8, n_levels: int = CRS_LEVELS) -> pd.DataFrame:
+    """Paired bootstrap differences ``metric(reference) - metric(other)`` for every other model.
+
+    Each draw resamples patients once and scores every model on the same patients, so
+    the interval is that of the difference itself: a model is better than a baseline
+    when the whole interval lies on the good side of 0 (below 0 for the MAE, above for
+    the QWK), which two separately overlapping intervals cannot tell.
+
+    Parameters
+    ----------
+    y_true : array-like (n,)
+    y_pred : mapping model -> array-like (n,) or (n_repeats, n)
+        Must contain ``reference``; a 2-D prediction averages each metric over repeats.
+    reference : str, default="mil"
+    metrics : sequence of str, default=("mae", "qwk")
+        Names from :data:`METRICS`.
+    n_bootstrap, ci, seed, mcs_cut, n_levels
+        As in :func:`bootstrap_metrics` (the same seed gives the same draws).
+
+    Returns
+    -------
+    DataFrame
+        Columns model, metric, difference, ci_low, ci_high (one row per other model and
+        metric; draws where a metric is undefined are skipped).
+    """
+    y = np.asarray(y_true, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, y.size, size=(n_bootstrap, y.size))
+
+    def scored(pred: Sequence[float]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        p = np.asarray(pred, dtype=float)
+        p = p[None] if p.ndim == 1 else p
+        point = [_metric_rows(y[None], rep[None], mcs_cut, n_levels) for rep in p]
+        draws = [_metric_rows(y[idx], rep[idx], mcs_cut, n_levels) for rep in p]
+        return ({k: float(np.mean([d[k][0] for d in point])) for k in metrics},
+                {k: np.mean([d[k] for d in draws], axis=0) for k in metrics})
+
+    ref_point, ref_draws = scored(y_pred[reference])
+    lo_q, hi_q = 50 * (1 - ci), 100 - 50 * (1 - ci)
+    rows = []
+    for model, pred in y_pred.items():
+        if model == reference:
+            continue
+        point, draws = scored(pred)
+        for k in metrics:
+            d = ref_draws[k] - draws[k]
+            d = d[np.isfinite(d)]
+            rows.append({"model": model, "metric": k, "difference": ref_point[k] - point[k],
+                         "ci_low": float(np.percentile(d, lo_q)) if d.size else float("nan"),
+                         "ci_high": float(np.percentile(d, hi_q)) if d.size else float("nan")})
+    return pd.DataFrame(rows, columns=["model", "metric", "difference", "ci_low", "ci_high"])
 
 
 # --------------------------------------------------------------------------- conformal
@@ -374,6 +435,9 @@ class CVResult:
         Out-of-fold attention of each patient (mean over repeats).
     best_params : list of dict
         Tuned parameters of each outer fold (nested CV), empty without tuning.
+    differences : DataFrame
+        Paired bootstrap differences of the MIL against each baseline
+        (:func:`paired_differences`; empty without baselines).
     seconds : dict
         Time spent fitting and predicting each model, summed over folds (with
         ``n_jobs > 1`` folds overlap, so the CV's wall time is shorter).
@@ -386,6 +450,7 @@ class CVResult:
     attention: np.ndarray | None = None
     best_params: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    differences: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def metric(self, model: str, metric: str) -> float:
         """Point estimate of one metric."""
@@ -398,7 +463,8 @@ class CVResult:
         cells = m.apply(lambda r: f"{r.estimate:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]", axis=1)
         wide = pd.DataFrame({"model": m.model, "metric": m.metric, "cell": cells})
         out = wide.pivot(index="model", columns="metric", values="cell")
-        order = [k for k in ("mil", "ridge", "mean") if k in out.index] + [k for k in out.index if k not in ("mil", "ridge", "mean")]
+        known = ("mil", *BASELINES)
+        order = [k for k in known if k in out.index] + [k for k in out.index if k not in known]
         return out.loc[order, [k for k in METRICS if k in out.columns]]
 
 
@@ -407,7 +473,7 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
                    alpha: float = 0.1, n_bootstrap: int = 1000, baselines: bool = True,
                    param_grid: Mapping[str, Sequence[Any]] | None = None, inner_cv: str = "kfold:5",
                    n_jobs: int = 1, progress: bool = True) -> CVResult:
-    """Out-of-fold predictions and metrics of the MIL regressor and the two baselines.
+    """Out-of-fold predictions and metrics of the MIL regressor and the baselines.
 
     Parameters
     ----------
@@ -426,7 +492,9 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
         Miscoverage of the conformal interval (0.1 -> 90%).
     n_bootstrap : int, default=1000
     baselines : bool, default=True
-        Also cross-validate the training-fold mean and ridge regression.
+        Also cross-validate the training-fold mean, ridge regression and the
+        arousal x awareness model (:data:`BASELINES`), and compare the MIL with each
+        by paired bootstrap differences.
     param_grid : mapping, optional
         MIL hyperparameters to tune; tuned inside each outer training fold with
         ``inner_cv`` (nested CV), so the outer estimate stays unbiased.
@@ -443,14 +511,17 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
     """
     bags, y, sd = _cv_inputs(bags, y, y_sd, n_jobs)
     splits = make_splits(len(y), cv, seed=seed)
+    baseline_models = {"ridge": RidgeBaseline, "hypothesis": HypothesisBaseline, "mean": MeanBaseline}
     models: dict[str, Callable[[], Any]] = {"mil": _make_estimator(estimator),
-                                            **({"ridge": RidgeBaseline, "mean": MeanBaseline} if baselines else {})}
+                                            **(baseline_models if baselines else {})}
     jobs = [(rep, train, test) for rep, folds in enumerate(splits) for train, test in folds]
     run = partial(_run_fold, models, bags, y, sd, param_grid=param_grid, inner_cv=inner_cv, seed=seed,
                   single_thread=n_jobs != 1)
     folds = _out_of_fold(jobs, run, models, len(splits), len(y), n_jobs=n_jobs, desc=f"CV ({cv})", progress=progress)
     preds = folds["preds"]
     metrics = bootstrap_metrics(y, preds, n_bootstrap=n_bootstrap, seed=seed, mcs_cut=mcs_cut)
+    differences = (paired_differences(y, preds, n_bootstrap=n_bootstrap, seed=seed, mcs_cut=mcs_cut)
+                   if baselines else pd.DataFrame())
     # Every repeat's residuals are genuine out-of-fold residuals of a single model (like
     # the final one); pooling them (rather than averaging predictions) keeps that.
     q = conformal_quantile((preds["mil"] - y[None]).ravel(), alpha)
@@ -460,7 +531,7 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
     att = folds["attention"]
     return CVResult(predictions=table, metrics=metrics, conformal_quantile=q, alpha=alpha,
                     attention=None if att is None else att.mean(0), best_params=folds["best_params"],
-                    seconds=folds["seconds"])
+                    seconds=folds["seconds"], differences=differences)
 
 
 def _cv_inputs(bags: RegionBags | np.ndarray, y: Sequence[float], y_sd: Sequence[float] | None,
