@@ -101,12 +101,18 @@ def _layout(bags: RegionBags, atlas: str) -> str:
             f"subject-level {', '.join(bags.global_feature_names) or 'none'}")
 
 
-def _cross_validate(cohort: LabelledCohort, bags: RegionBags, mil_params: dict[str, Any], **kwargs: Any) -> CVResult:
-    """:func:`~anomaly.crs.cross_validate` of the MIL and the baselines; a CV the cohort cannot hold is an input error."""
+def _cross_validate(cohort: LabelledCohort, bags: RegionBags, mil_params: dict[str, Any],
+                    **kwargs: Any) -> tuple[CVResult, float]:
+    """:func:`~anomaly.crs.cross_validate` of the MIL and the baselines, and its wall time in seconds.
+
+    A CV the cohort cannot hold is an input error.
+    """
+    start = time.perf_counter()
     try:
-        return cross_validate(bags, cohort.y, mil_params, y_sd=cohort.y_sd, **kwargs)
+        result = cross_validate(bags, cohort.y, mil_params, y_sd=cohort.y_sd, **kwargs)
     except ValueError as exc:  # e.g. more folds than patients
         raise AnomalyInputError(f"fit-crs: {exc}") from None
+    return result, time.perf_counter() - start
 
 
 def _report_cv(result: CVResult, out: Path, cv: str, n: int) -> None:
@@ -203,10 +209,9 @@ def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.
     out = check_output_dir(out_dir, inputs=(scores_dir,))
     n = len(cohort.y)
     _log(f"fit-crs: {n} patients, {_layout(bags, cohort.atlas)}; loss={loss}, cv={cv}")
-    t0 = time.perf_counter()
-    result = _cross_validate(cohort, bags, mil_params, cv=cv, seed=seed, mcs_cut=mcs_cut, alpha=alpha,
-                             n_bootstrap=n_bootstrap, param_grid=param_grid, n_jobs=n_jobs, progress=progress)
-    cv_seconds = time.perf_counter() - t0
+    result, cv_seconds = _cross_validate(cohort, bags, mil_params, cv=cv, seed=seed, mcs_cut=mcs_cut, alpha=alpha,
+                                         n_bootstrap=n_bootstrap, param_grid=param_grid, n_jobs=n_jobs,
+                                         progress=progress)
     _report_cv(result, out, cv, n)
     q = _fit_final(cohort, bags, mil_params, result, out, param_grid=param_grid, alpha=alpha, mcs_cut=mcs_cut,
                    seed=seed, training={"n_patients": int(n), "participant_ids": bags.participant_ids,

@@ -511,9 +511,7 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
     """
     bags, y, sd = _cv_inputs(bags, y, y_sd, n_jobs)
     splits = make_splits(len(y), cv, seed=seed)
-    baseline_models = {"ridge": RidgeBaseline, "hypothesis": HypothesisBaseline, "mean": MeanBaseline}
-    models: dict[str, Callable[[], Any]] = {"mil": _make_estimator(estimator),
-                                            **(baseline_models if baselines else {})}
+    models = _cv_models(estimator, baselines)
     jobs = [(rep, train, test) for rep, folds in enumerate(splits) for train, test in folds]
     run = partial(_run_fold, models, bags, y, sd, param_grid=param_grid, inner_cv=inner_cv, seed=seed,
                   single_thread=n_jobs != 1)
@@ -532,6 +530,14 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
     return CVResult(predictions=table, metrics=metrics, conformal_quantile=q, alpha=alpha,
                     attention=None if att is None else att.mean(0), best_params=folds["best_params"],
                     seconds=folds["seconds"], differences=differences)
+
+
+def _cv_models(estimator: Any, baselines: bool) -> dict[str, Callable[[], Any]]:
+    """Name -> factory of every model :func:`cross_validate` fits in each fold."""
+    models: dict[str, Callable[[], Any]] = {"mil": _make_estimator(estimator)}
+    if baselines:
+        models.update({"ridge": RidgeBaseline, "hypothesis": HypothesisBaseline, "mean": MeanBaseline})
+    return models
 
 
 def _cv_inputs(bags: RegionBags | np.ndarray, y: Sequence[float], y_sd: Sequence[float] | None,
