@@ -66,7 +66,10 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from anomaly.crs import cross_validate, load_region_bags, paired_differences, region_correlations, select_features
+from anomaly.constants import CRS_MAX
+from anomaly.crs import (MILRegressor, cross_validate, load_region_bags, paired_differences, region_correlations,
+                         select_features)
+from anomaly.crs.conformal import missing_groups, modality_groups
 from anomaly.crs.validation import BASELINES
 from anomaly.crs.synthetic import simulate_region_bags
 from benchmarks._common import save_figure, write_json
@@ -253,7 +256,7 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
     can_localise = bool(causal.any() and not causal.all())
 
     predictions = pd.DataFrame({"participant_id": list(bags.participant_ids), "crs": y, "crs_true": crs_true})
-    rows, attention, baselines = _run_configs(names, bags, y, y_sd, causal if can_localise else None, predictions,
+    rows, attention, baselines, cv_plus = _run_configs(names, bags, y, y_sd, causal if can_localise else None, predictions,
                                               cv=cv, seed=seed, n_bootstrap=n_bootstrap, extra=extra, jobs=jobs)
     table = _final_table(rows, baselines, floor)
     loc_corr = _correlation_localisation(all_bags, y, causal) if can_localise else {}
@@ -270,6 +273,8 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
         "attention": attention, "region_names": list(bags.region_names), "causal": causal.tolist(),
     }
     result["differences"] = baseline_differences(result, n_bootstrap=n_bootstrap, seed=seed)
+    synthetic = scores_dir is None
+    result["intervals"] = interval_check(cv_plus, bags, y, y_sd, seed=seed) if synthetic else None
     result["targets"] = check_targets(result)
     return result
 
@@ -283,12 +288,15 @@ def _run_configs(names, bags, y, y_sd, causal, predictions: pd.DataFrame, *, cv,
     cohort-mean attention per configuration and the first run's result (baselines).
     """
     rows, attention = [], {}
-    baselines = None
+    baselines = cv_plus = None
     for i, name in enumerate(names):
         mil_params = {**CONFIGS[name], "seed": seed, **extra}
         t0, c0 = time.perf_counter(), time.process_time()
         res = cross_validate(bags, y, mil_params, y_sd=y_sd, cv=cv, seed=seed, n_bootstrap=n_bootstrap,
-                             baselines=baselines is None, n_jobs=jobs, progress=False)
+                             baselines=baselines is None, n_jobs=jobs, progress=False,
+                             keep_fold_models=name == _primary(names))
+        if res.cv_plus is not None:
+            cv_plus = (res.cv_plus, res.conformal_quantile, mil_params)
         wall = time.perf_counter() - t0
         # The machine may be shared: CPU time is the fairer cost (this process only:
         # with jobs > 1 the folds' CPU time is spent in worker processes).
@@ -305,7 +313,34 @@ def _run_configs(names, bags, y, y_sd, causal, predictions: pd.DataFrame, *, cv,
                      "loc_auroc": loc, "seconds": wall, "cpu_s": cpu})
         log(f"[{i + 1}/{len(names)}] {name}: MAE {rows[-1]['mae']}, loc {loc:.3f}, {wall:.0f} s wall, "
             f"{cpu:.0f} s CPU")
-    return rows, attention, baselines
+    return rows, attention, baselines, cv_plus
+
+
+def interval_check(cv_plus, bags, y, y_sd, *, n_new: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Coverage and mean width of the ~90% intervals on new synthetic patients.
+
+    ``cv_plus`` is the primary configuration's (CV+ intervals, conformal radius, MIL
+    parameters). The new patients come from the same generator with another seed; the
+    symmetric interval (final model +- the CV residual quantile, the previous method) is
+    shown beside CV+. Rows: every new patient, and the new patients without PET.
+    """
+    intervals, radius, params = cv_plus
+    final = MILRegressor(**params).fit(bags, y, y_sd)
+    new = simulate_region_bags(n_new, seed=seed + 1000)
+    new_bags = select_features(new.bags, list(bags.feature_names), list(bags.global_feature_names) or "none")
+    pred = final.predict(new_bags)
+    cv_lo, cv_hi = intervals.interval(new_bags)
+    cv_lo, cv_hi = np.minimum(cv_lo, pred), np.maximum(cv_hi, pred)
+    sym_lo, sym_hi = np.clip(pred - radius, 0, CRS_MAX), np.clip(pred + radius, 0, CRS_MAX)
+    no_pet = np.array(["pet" in p for p in missing_groups(new_bags, modality_groups(new_bags))])
+    rows = []
+    for method, lo, hi in (("CV+", cv_lo, cv_hi), ("symmetric (previous)", sym_lo, sym_hi)):
+        for who, keep in (("all new patients", np.ones_like(no_pet)), ("without PET", no_pet)):
+            if keep.any():
+                inside = (new.crs >= lo) & (new.crs <= hi)
+                rows.append({"interval": method, "patients": who, "n": int(keep.sum()),
+                             "coverage": float(inside[keep].mean()), "mean_width": float((hi - lo)[keep].mean())})
+    return pd.DataFrame(rows)
 
 
 def _final_table(rows: list[dict], baselines, floor: float) -> pd.DataFrame:
@@ -344,7 +379,10 @@ def _aligned(source: pd.DataFrame, target: pd.DataFrame, column: str) -> np.ndar
 
 def primary_config(result: dict) -> str:
     """The configuration the targets are checked on: mse (fit-crs's default) or the first run."""
-    names = result["settings"]["configs"]
+    return _primary(result["settings"]["configs"])
+
+
+def _primary(names: list[str]) -> str:
     return "mse" if "mse" in names else names[0]
 
 
@@ -354,7 +392,7 @@ def check_targets(result: dict) -> list[dict]:
     name = primary_config(result)
     return crs_targets(t.loc[f"MIL {name}"].to_dict(), name=name, ridge_mae=float(t.loc["ridge", "mae_est"]),
                        noise_floor=result["noise_floor"], cv=result["cv"], n=result["n"],
-                       differences=result.get("differences"))
+                       differences=result.get("differences"), intervals=result.get("intervals"))
 
 
 def baseline_differences(result: dict, *, n_bootstrap: int, seed: int) -> pd.DataFrame:
@@ -508,6 +546,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(text_table(result))
     print(f"MIL {primary_config(result)} minus each baseline, paired bootstrap (MAE below 0 / QWK above 0 is better):")
     print(result["differences"].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if result["intervals"] is not None:
+        print(f"~{100 * (1 - 0.1):.0f}% intervals of MIL {primary_config(result)} on 200 new synthetic patients:")
+        print(result["intervals"].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if result["loc_corr"]:
         print("group-correlation localisation AUROC (|rho|): "
               + ", ".join(f"{k} {v:.3f}" for k, v in result["loc_corr"].items()))

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from anomaly.cli.crs import fit_crs, group_analysis, predict_crs
+from anomaly.crs import load_crs_model
 from anomaly.crs.synthetic import simulate_region_bags, write_scores_dir
 from anomaly.io import AnomalyInputError
 
@@ -107,10 +108,13 @@ def test_predict_crs_tables_and_maps(dataset, tmp_path):
     assert list(df.columns[:4]) == ["participant_id", "crs_pred", "crs_lower", "crs_upper"]
     assert len(df) == 12 and df[["crs_pred", "crs_lower", "crs_upper"]].notna().all().all()
     assert ((df.crs_lower <= df.crs_pred) & (df.crs_pred <= df.crs_upper)).all()
-    # The interval is the prediction +- the saved conformal quantile, clipped to 0..23.
-    q = json.loads((dataset["model"] / "metadata.json").read_text())["conformal"]["quantile"]
-    np.testing.assert_allclose(df.crs_lower, np.clip(df.crs_pred - q, 0, 23), atol=1e-3)
-    np.testing.assert_allclose(df.crs_upper, np.clip(df.crs_pred + q, 0, 23), atol=1e-3)
+    # The interval is CV+ from the saved fold models (one per fold of the 3-fold CV).
+    meta = json.loads((dataset["model"] / "metadata.json").read_text())
+    assert meta["conformal"]["method"] == "cv+" and len(meta["cv_plus"]["folds"]) == 3
+    assert sorted(set(meta["cv_plus"]["fold_of"])) == [0, 1, 2]
+    assert {"", "pet"} <= set(meta["cv_plus"]["residuals"])
+    model = load_crs_model(dataset["model"])
+    assert len(model.cv_plus.fold_models) == 3
     # Predictions on the training patients beat the mean baseline computed here.
     truth = pd.Series(dataset["cohort"].crs, index=dataset["cohort"].bags.participant_ids)
     y = truth.loc[df.participant_id].to_numpy(float)

@@ -150,7 +150,7 @@ def _fit_final(cohort: LabelledCohort, bags: RegionBags, mil_params: dict[str, A
     # An infinite radius (too few patients) means "no information": the full scale.
     q = float(min(result.conformal_quantile, CRS_MAX))
     save_crs_model(model, out, conformal_quantile=q, alpha=alpha, mcs_cut=mcs_cut, cv_metrics=result.metrics,
-                   extra={"training": {**training, "tuned_params": result.best_params,
+                   cv_plus=result.cv_plus, extra={"training": {**training, "tuned_params": result.best_params,
                                        "final_params": dict(final_params)}})
     _log(f"fit-crs: model saved to {out}")
     return q
@@ -211,7 +211,7 @@ def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.
     _log(f"fit-crs: {n} patients, {_layout(bags, cohort.atlas)}; loss={loss}, cv={cv}")
     result, cv_seconds = _cross_validate(cohort, bags, mil_params, cv=cv, seed=seed, mcs_cut=mcs_cut, alpha=alpha,
                                          n_bootstrap=n_bootstrap, param_grid=param_grid, n_jobs=n_jobs,
-                                         progress=progress)
+                                         progress=progress, keep_fold_models=True)
     _report_cv(result, out, cv, n)
     q = _fit_final(cohort, bags, mil_params, result, out, param_grid=param_grid, alpha=alpha, mcs_cut=mcs_cut,
                    seed=seed, training={"n_patients": int(n), "participant_ids": bags.participant_ids,

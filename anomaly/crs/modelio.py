@@ -5,7 +5,9 @@ Layout (see :mod:`anomaly.io.modelfolder` for the common schema and checks)::
     CRS_DIR/metadata.json         kind "crs": estimator parameters, feature/region layout,
                                   standardisation, conformal radius, cross-validated
                                   metrics, SHA-256 of the weights
-    CRS_DIR/weights.safetensors   one state dict per ensemble member (member000.<name>...)
+    CRS_DIR/weights.safetensors   one state dict per ensemble member (member000.<name>...),
+                                  and per cross-validation fold model kept for CV+
+                                  intervals (fold000.member000.<name>...)
 
 The weights are loaded without unpickling (safetensors) and checked against the
 SHA-256 recorded in the metadata, so a model folder from elsewhere can neither run code
@@ -32,6 +34,7 @@ from anomaly.io import (
 )
 from anomaly.io.modelfolder import FORMAT, FORMAT_VERSION, METADATA, sha256
 
+from .conformal import CVPlusIntervals
 from .losses import LossSpec
 from .model import EnsembleMILNet, MILRegressor
 from .validation import prediction_interval
@@ -49,6 +52,10 @@ _STATE = ("feature_names_", "region_index_", "region_names_", "global_feature_na
           "calibration_", "n_features_in_")
 _ARRAYS = {"region_index_": np.int64, "feature_mean_": np.float64, "feature_scale_": np.float64,
            "global_mean_": np.float64, "global_scale_": np.float64, "calibration_": np.float64}
+# What differs between the fold models of one cross-validation (their layout is the
+# final model's: same regions, features and groups).
+_FOLD_STATE = ("feature_mean_", "feature_scale_", "global_mean_", "global_scale_", "y_mean_", "y_scale_",
+               "calibration_")
 
 
 @dataclass
@@ -69,6 +76,10 @@ class CRSModel:
     metadata : dict
         The full metadata.json.
     path : Path or None
+    cv_plus : CVPlusIntervals or None
+        Fold models and residuals of the cross-validation (folders written by
+        ``fit-crs`` since CV+ intervals; None in older folders, which keep the
+        symmetric interval ``prediction +- conformal_quantile``).
     """
 
     estimator: MILRegressor
@@ -78,10 +89,18 @@ class CRSModel:
     atlas: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    cv_plus: CVPlusIntervals | None = None
 
     def predict_interval(self, bags: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Prediction, lower and upper bound (clipped to 0..23; NaN without calibration)."""
+        """Prediction, lower and upper bound (clipped to 0..23; NaN without calibration).
+
+        With fold models the bounds are CV+ (:mod:`anomaly.crs.conformal`), widened if
+        needed to contain the final model's prediction (widening keeps the coverage).
+        """
         pred = self.estimator.predict(bags)
+        if self.cv_plus is not None:
+            lo, hi = self.cv_plus.interval(bags)
+            return pred, np.minimum(lo, pred), np.maximum(hi, pred)
         if self.conformal_quantile is None:
             nan = np.full_like(pred, np.nan)
             return pred, nan, nan
@@ -91,7 +110,7 @@ class CRSModel:
 
 def save_crs_model(estimator: MILRegressor, folder: str | os.PathLike, *, conformal_quantile: float | None = None,
                    alpha: float | None = None, mcs_cut: float = 8, cv_metrics: Any = None,
-                   extra: Mapping[str, Any] | None = None) -> Path:
+                   extra: Mapping[str, Any] | None = None, cv_plus: CVPlusIntervals | None = None) -> Path:
     """Write a fitted :class:`MILRegressor` to a model folder.
 
     Parameters
@@ -108,6 +127,8 @@ def save_crs_model(estimator: MILRegressor, folder: str | os.PathLike, *, confor
         Cross-validated metrics to keep with the model.
     extra : mapping, optional
         More JSON-serialisable metadata (e.g. training inputs).
+    cv_plus : CVPlusIntervals, optional
+        Fold models and residuals for CV+ intervals (:attr:`CVResult.cv_plus`).
 
     Returns
     -------
@@ -117,34 +138,56 @@ def save_crs_model(estimator: MILRegressor, folder: str | os.PathLike, *, confor
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(estimator, "net_")
-    net = estimator.net_
-    tensors = {}
-    for name, param in net.named_parameters():
-        for s in range(net.n_members):
-            # One state dict per ensemble member, prefixed: member000.w_in, ...
-            tensors[f"member{s:03d}.{name}"] = param.detach()[s].cpu().contiguous().clone()
+    record, tensors = _estimator_record(estimator, "")
     if hasattr(cv_metrics, "to_dict"):
         cv_metrics = cv_metrics.to_dict(orient="records")
     meta = {
         "estimator": "MILRegressor",
-        "params": estimator.get_params(),
-        "network": {"n_members": net.n_members, "n_inputs": int(net.w_in.shape[1]),
-                    "n_regions": int(estimator.region_index_.size), "n_globals": int(net.n_globals),
-                    "heads": list(net.heads), "parameters_per_member": estimator.n_parameters()},
+        **record,
         "state": {k: getattr(estimator, k) for k in _STATE},
         "atlas": estimator.atlas_,
         "feature_names": list(estimator.feature_names_),
         "regions": {"index": estimator.region_index_, "name": list(estimator.region_names_)},
         "standardisation": {"feature_mean": estimator.feature_mean_, "feature_scale": estimator.feature_scale_,
                             "global_mean": estimator.global_mean_, "global_scale": estimator.global_scale_},
-        "conformal": {"quantile": conformal_quantile, "alpha": alpha},
+        "conformal": {"quantile": conformal_quantile, "alpha": alpha,
+                      "method": "cv+" if cv_plus is not None else "cv residuals around the final model"},
         "mcs_cut": mcs_cut,
         "cv_metrics": cv_metrics,
         **(dict(extra) if extra else {}),
     }
+    if cv_plus is not None:
+        meta["cv_plus"] = _cv_plus_record(cv_plus, tensors)
     header = {"format": FORMAT, "kind": KIND, "format_version": str(FORMAT_VERSION)}
     return save_model_folder(folder, KIND, meta,
                              {WEIGHTS: lambda path: save_tensors(tensors, path, header=header)})
+
+
+def _estimator_record(estimator: MILRegressor, prefix: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Parameters and network description of a fitted estimator, and its member weights."""
+    net = estimator.net_
+    tensors = {}
+    for name, param in net.named_parameters():
+        for s in range(net.n_members):
+            # One state dict per ensemble member, prefixed: member000.w_in, ...
+            tensors[f"{prefix}member{s:03d}.{name}"] = param.detach()[s].cpu().contiguous().clone()
+    record = {"params": estimator.get_params(),
+              "network": {"n_members": net.n_members, "n_inputs": int(net.w_in.shape[1]),
+                          "n_regions": int(estimator.region_index_.size), "n_globals": int(net.n_globals),
+                          "heads": list(net.heads), "parameters_per_member": estimator.n_parameters()}}
+    return record, tensors
+
+
+def _cv_plus_record(cv_plus: CVPlusIntervals, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Metadata of the CV+ fold models (their weights are added to ``tensors``)."""
+    folds = []
+    for k, model in enumerate(cv_plus.fold_models):
+        record, fold_tensors = _estimator_record(model, f"fold{k:03d}.")
+        record["state"] = {key: getattr(model, key) for key in _FOLD_STATE}
+        folds.append(record)
+        tensors.update(fold_tensors)
+    return {"alpha": cv_plus.alpha, "fold_of": [int(k) for k in cv_plus.fold_of],
+            "residuals": {g: [float(v) for v in r] for g, r in cv_plus.residuals.items()}, "folds": folds}
 
 
 def load_crs_model(folder: str | os.PathLike) -> CRSModel:
@@ -160,8 +203,11 @@ def load_crs_model(folder: str | os.PathLike) -> CRSModel:
     meta, tensors = found.metadata, found.tensors(WEIGHTS, framework="pt")
     try:
         est = _estimator_from(meta)
-        est.net_ = _network_from(meta, est, tensors).eval()
-    except (KeyError, TypeError, ValueError) as exc:
+        est.net_ = _network_from(meta, est, tensors, "").eval()
+        cv_plus = _cv_plus_from(meta["cv_plus"], est, tensors) if "cv_plus" in meta else None
+        if tensors:
+            raise ValueError(f"unexpected tensors {sorted(tensors)[:3]}")
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise AnomalyModelError(f"{found.path / METADATA}: inconsistent model folder ({exc})") from None
     conformal = meta.get("conformal") or {}
     return CRSModel(
@@ -172,14 +218,19 @@ def load_crs_model(folder: str | os.PathLike) -> CRSModel:
         atlas=meta.get("atlas"),
         metadata=meta,
         path=found.path,
+        cv_plus=cv_plus,
     )
 
 
 def _estimator_from(meta: Mapping[str, Any]) -> MILRegressor:
     """The estimator with its parameters and fitted state, network not yet attached."""
     est = MILRegressor(**meta["params"])
-    state = meta["state"]
-    for k in _STATE:
+    _set_state(est, meta["state"], _STATE)
+    return est
+
+
+def _set_state(est: MILRegressor, state: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    for k in keys:
         v = state[k]
         if k in _ARRAYS:
             v = np.asarray(v, dtype=_ARRAYS[k])
@@ -187,11 +238,30 @@ def _estimator_from(meta: Mapping[str, Any]) -> MILRegressor:
                 v = v.reshape(-1)
         setattr(est, k, v)
     est.calibration_ = np.asarray(state["calibration_"], dtype=np.float64).reshape(-1, 2)
-    return est
 
 
-def _network_from(meta: Mapping[str, Any], est: MILRegressor, tensors: dict[str, torch.Tensor]) -> EnsembleMILNet:
-    """The ensemble network described in the metadata, with the saved member weights."""
+def _cv_plus_from(record: Mapping[str, Any], final: MILRegressor,
+                  tensors: dict[str, torch.Tensor]) -> CVPlusIntervals:
+    """The fold models (the final model's layout, their own state and weights) and residuals."""
+    models = []
+    for k, fold in enumerate(record["folds"]):
+        est = MILRegressor(**fold["params"])
+        _set_state(est, {key: getattr(final, key) for key in _STATE}, _STATE)  # the shared layout
+        _set_state(est, fold["state"], _FOLD_STATE)
+        est.net_ = _network_from(fold, est, tensors, f"fold{k:03d}.").eval()
+        models.append(est)
+    fold_of = np.asarray(record["fold_of"], dtype=int)
+    if fold_of.min(initial=0) < 0 or fold_of.max(initial=0) >= len(models):
+        raise ValueError("cv_plus: fold_of refers to a missing fold")
+    residuals = {g: np.asarray(r, dtype=float) for g, r in record["residuals"].items()}
+    if any(r.shape != fold_of.shape for r in residuals.values()):
+        raise ValueError("cv_plus: residuals and fold_of differ in length")
+    return CVPlusIntervals(fold_models=models, fold_of=fold_of, residuals=residuals, alpha=float(record["alpha"]))
+
+
+def _network_from(meta: Mapping[str, Any], est: MILRegressor, tensors: dict[str, torch.Tensor],
+                  prefix: str) -> EnsembleMILNet:
+    """The ensemble network described in ``meta``, with its member weights popped from ``tensors``."""
     netinfo = meta["network"]
     spec = LossSpec.parse(est.loss, est.loss_weights)
     if list(netinfo["heads"]) != spec.heads:
@@ -205,10 +275,8 @@ def _network_from(meta: Mapping[str, Any], est: MILRegressor, tensors: dict[str,
     )
     with torch.no_grad():
         for name, param in net.named_parameters():
-            stacked = torch.stack([tensors.pop(f"member{s:03d}.{name}") for s in range(n_members)])
+            stacked = torch.stack([tensors.pop(f"{prefix}member{s:03d}.{name}") for s in range(n_members)])
             if stacked.shape != param.shape:
                 raise ValueError(f"{name}: shape {tuple(stacked.shape)} != {tuple(param.shape)}")
             param.copy_(stacked)
-    if tensors:
-        raise ValueError(f"unexpected tensors {sorted(tensors)[:3]}")
     return net

@@ -29,6 +29,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from anomaly.constants import CRS_LEVELS, CRS_MAX
 
+from .conformal import OBSERVED, CVPlusIntervals, hide_groups, modality_groups
 from .features import RegionBags, as_region_bags
 from .hypothesis import HypothesisBaseline
 from .model import MILRegressor
@@ -397,8 +398,14 @@ def tune_params(bags: RegionBags, y: np.ndarray, estimator: Any, param_grid: Map
 
 def _run_fold(models: Mapping[str, Callable[[], Any]], bags: RegionBags, y: np.ndarray, sd: np.ndarray | None,
               train: np.ndarray, test: np.ndarray, *, param_grid: Mapping[str, Sequence[Any]] | None,
-              inner_cv: str, seed: int, single_thread: bool) -> dict[str, tuple]:
-    """Fit every model on one fold: ``{name: (test predictions, attention or None, seconds, tuned params)}``."""
+              inner_cv: str, seed: int, single_thread: bool, keep_model: bool = False) -> dict[str, tuple]:
+    """Fit every model on one fold.
+
+    Returns ``{name: (test predictions, attention or None, seconds, tuned params, kept)}``
+    where ``kept`` is None, or for the MIL with ``keep_model``: ``{"model": the fitted
+    estimator, "hidden": {group: test predictions with that modality group hidden}}``
+    (what CV+ intervals need, :mod:`anomaly.crs.conformal`).
+    """
     if single_thread:
         # Parallel folds share the cores; intra-op threads on top would oversubscribe them.
         import torch
@@ -413,7 +420,12 @@ def _run_fold(models: Mapping[str, Callable[[], Any]], bags: RegionBags, y: np.n
                                  y_sd=None if sd is None else sd[train], cv=inner_cv, seed=seed)
         est, pred = _fit_predict(factory, bags, y, sd, train, test, params)
         att = est.attention(bags.subset(test)) if name == "mil" and hasattr(est, "attention") else None
-        out[name] = (pred, att, time.perf_counter() - t0, params)
+        kept = None
+        if name == "mil" and keep_model:
+            held_out = bags.subset(test)
+            kept = {"model": est, "hidden": {g: est.predict(hide_groups(held_out, [g]))
+                                             for g in modality_groups(bags)}}
+        out[name] = (pred, att, time.perf_counter() - t0, params, kept)
     return out
 
 
@@ -438,6 +450,8 @@ class CVResult:
     differences : DataFrame
         Paired bootstrap differences of the MIL against each baseline
         (:func:`paired_differences`; empty without baselines).
+    cv_plus : CVPlusIntervals, optional
+        Fold models and residuals for CV+ intervals (``keep_fold_models=True``).
     seconds : dict
         Time spent fitting and predicting each model, summed over folds (with
         ``n_jobs > 1`` folds overlap, so the CV's wall time is shorter).
@@ -451,6 +465,7 @@ class CVResult:
     best_params: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     differences: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cv_plus: CVPlusIntervals | None = None
 
     def metric(self, model: str, metric: str) -> float:
         """Point estimate of one metric."""
@@ -472,7 +487,7 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
                    y_sd: Sequence[float] | None = None, cv: str | int = "loo", seed: int = 0, mcs_cut: float = 8,
                    alpha: float = 0.1, n_bootstrap: int = 1000, baselines: bool = True,
                    param_grid: Mapping[str, Sequence[Any]] | None = None, inner_cv: str = "kfold:5",
-                   n_jobs: int = 1, progress: bool = True) -> CVResult:
+                   n_jobs: int = 1, progress: bool = True, keep_fold_models: bool = False) -> CVResult:
     """Out-of-fold predictions and metrics of the MIL regressor and the baselines.
 
     Parameters
@@ -504,6 +519,9 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
         depend on it: every fold's estimator is seeded.
     progress : bool, default=True
         tqdm progress bar on stderr.
+    keep_fold_models : bool, default=False
+        Keep the MIL of every fold of the first repeat, with residuals per missing
+        modality, as :attr:`CVResult.cv_plus` (CV+ intervals for new patients).
 
     Returns
     -------
@@ -514,7 +532,7 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
     models = _cv_models(estimator, baselines)
     jobs = [(rep, train, test) for rep, folds in enumerate(splits) for train, test in folds]
     run = partial(_run_fold, models, bags, y, sd, param_grid=param_grid, inner_cv=inner_cv, seed=seed,
-                  single_thread=n_jobs != 1)
+                  single_thread=n_jobs != 1, keep_model=keep_fold_models)
     folds = _out_of_fold(jobs, run, models, len(splits), len(y), n_jobs=n_jobs, desc=f"CV ({cv})", progress=progress)
     preds = folds["preds"]
     metrics = bootstrap_metrics(y, preds, n_bootstrap=n_bootstrap, seed=seed, mcs_cut=mcs_cut)
@@ -529,7 +547,21 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
     att = folds["attention"]
     return CVResult(predictions=table, metrics=metrics, conformal_quantile=q, alpha=alpha,
                     attention=None if att is None else att.mean(0), best_params=folds["best_params"],
-                    seconds=folds["seconds"], differences=differences)
+                    seconds=folds["seconds"], differences=differences,
+                    cv_plus=_cv_plus(folds["kept"], y, preds["mil"][0], alpha) if keep_fold_models else None)
+
+
+def _cv_plus(kept: Sequence[tuple[np.ndarray, dict]], y: np.ndarray, pred: np.ndarray,
+             alpha: float) -> CVPlusIntervals:
+    """CV+ intervals from the first repeat's fold models and out-of-fold residuals."""
+    fold_of = np.full(len(y), -1)
+    residuals = {OBSERVED: np.abs(y - pred)}
+    for k, (test, fold) in enumerate(kept):
+        fold_of[test] = k
+        for group, hidden in fold["hidden"].items():
+            residuals.setdefault(group, np.full(len(y), np.nan))[test] = np.abs(y[test] - hidden)
+    return CVPlusIntervals(fold_models=[fold["model"] for _, fold in kept], fold_of=fold_of,
+                           residuals=residuals, alpha=alpha)
 
 
 def _cv_models(estimator: Any, baselines: bool) -> dict[str, Callable[[], Any]]:
@@ -562,11 +594,13 @@ def _out_of_fold(jobs: list[tuple[int, np.ndarray, np.ndarray]], run: Callable[.
     -------
     dict
         ``preds`` (model -> (n_rep, N)), ``attention`` ((n_rep, N, R) or None),
-        ``best_params`` (list) and ``seconds`` (model -> float).
+        ``best_params`` (list), ``seconds`` (model -> float) and ``kept`` (the first
+        repeat's (test indices, kept MIL) pairs, see :func:`_run_fold`).
     """
     from tqdm.auto import tqdm
 
     preds = {k: np.full((n_rep, n), np.nan) for k in models}
+    kept: list[tuple[np.ndarray, dict]] = []
     attention = None
     best_params: list[dict[str, Any]] = []
     seconds = {k: 0.0 for k in models}
@@ -580,8 +614,10 @@ def _out_of_fold(jobs: list[tuple[int, np.ndarray, np.ndarray]], run: Callable[.
 
         results = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(run)(train, test) for _, train, test in jobs)
     for (rep, train, test), fold in zip(jobs, results):
-        for name, (pred, att, fold_seconds, params) in fold.items():
+        for name, (pred, att, fold_seconds, params, fold_kept) in fold.items():
             preds[name][rep, test] = pred
+            if fold_kept is not None and rep == 0:
+                kept.append((test, fold_kept))
             seconds[name] += fold_seconds
             if params is not None:
                 best_params.append(params)
@@ -591,4 +627,4 @@ def _out_of_fold(jobs: list[tuple[int, np.ndarray, np.ndarray]], run: Callable[.
                 attention[rep, test] = att
         bar.update(1)
     bar.close()
-    return {"preds": preds, "attention": attention, "best_params": best_params, "seconds": seconds}
+    return {"preds": preds, "attention": attention, "best_params": best_params, "seconds": seconds, "kept": kept}
