@@ -17,8 +17,9 @@ This script:
 3. cross-validates the MIL regressor with the loss (``--loss``: mse, huber, coral,
    corn, rank, kappa, soft, or combinations such as ``coral+rank``) and curriculum
    (``--curriculum``: none, confidence, self-paced, random) of your choice, against a
-   ridge regression and the training-fold mean, and prints MAE, RMSE, Spearman,
-   quadratic-weighted kappa and the UWS/MCS AUROC with bootstrap 95% intervals;
+   ridge regression, the seven-parameter arousal x awareness model and the training-fold
+   mean, and prints MAE, RMSE, Spearman, quadratic-weighted kappa and the UWS/MCS AUROC
+   with bootstrap 95% intervals, then the regressor's paired difference to each baseline;
 4. fits the regressor on all patients, saves it (usable by ``anomaly predict`` and
    ``anomaly score --crs-model``) and prints the regions with the highest attention.
    For simulated data it marks the regions whose damage drives the simulated CRS-R.
@@ -89,25 +90,28 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           f"; CRS-R {y.min():.0f}-{y.max():.0f} (median {np.median(y):.0f})")
 
     # 3. Cross-validation. The estimator is cloned for every fold; the baselines see the
-    #    same folds (ridge on the same region features flattened, and the training mean).
+    #    same folds (ridge on the same region features flattened, the arousal x awareness
+    #    model, the training mean). The fold models are kept for CV+ intervals.
     curriculum = None if args.curriculum == "none" else args.curriculum
     estimator = MILRegressor(loss=args.loss, curriculum=curriculum, n_seeds=2 if args.quick else 5, seed=args.seed,
                              **({"epochs": 40} if args.quick else {}))
     cv = args.cv or ("kfold:4" if args.quick else "loo")
     result = cross_validate(bags, y, estimator, y_sd=y_sd, cv=cv, seed=args.seed,
-                            n_bootstrap=200 if args.quick else 1000)
+                            n_bootstrap=200 if args.quick else 1000, keep_fold_models=True)
     print(f"\nCross-validated CRS-R prediction: loss={args.loss}, curriculum={args.curriculum}, cv={cv}"
           " (estimate [95% bootstrap CI])")
     print(result.table().to_string())
+    print("\nRegressor minus each baseline, paired bootstrap (MAE: below 0 is better)")
+    print(result.differences.round(3).to_string(index=False))
     write_tsv(result.metrics, out / "cv_metrics.tsv")
     write_tsv(result.predictions, out / "cv_predictions.tsv")
 
     # 4. Final model on all patients; its mean attention over the cohort ranks the regions.
     model = estimator.fit(bags, y, y_sd)
-    # The conformal radius (from the out-of-fold residuals) gives `anomaly predict` its
-    # intervals; with very few patients it is infinite: cap it at the whole scale.
+    # The fold models give `anomaly predict` its CV+ intervals; the conformal radius (capped
+    # at the whole scale: infinite with very few patients) is kept for the record.
     save_crs_model(model, out / "crs_model", conformal_quantile=min(result.conformal_quantile, 23.0),
-                   alpha=result.alpha, cv_metrics=result.metrics)
+                   alpha=result.alpha, cv_metrics=result.metrics, cv_plus=result.cv_plus)
     attention = model.attention(bags).mean(axis=0)
     ranking = pd.DataFrame({"region": model.region_names_, "attention": attention,
                             "relative": attention * len(attention)})  # 1 = uniform attention

@@ -109,8 +109,8 @@ def test_02_score_one_patient(tmp_path):
 def test_03_crs_regression(ex03):
     out, text = ex03
     assert "loss=mse+rank, curriculum=self-paced" in text
-    mae = {m: float(v) for m, v in re.findall(rf"^(mil|ridge|mean)\s+{NUMBER} \[", text, re.M)}
-    assert set(mae) == {"mil", "ridge", "mean"}, text
+    mae = {m: float(v) for m, v in re.findall(rf"^(mil|ridge|hypothesis|mean)\s+{NUMBER} \[", text, re.M)}
+    assert set(mae) == {"mil", "ridge", "hypothesis", "mean"}, text
     # Cross-validated MAE: the regressor beats the training-fold mean computed alongside.
     assert mae["mil"] < mae["mean"] - MAE_MARGIN, mae
     attention = rows_after(text, "Top-attention regions")
@@ -118,7 +118,8 @@ def test_03_crs_regression(ex03):
     values = [float(row.split()[1]) for row in attention]
     assert all(0.0 < v <= 1.0 for v in values) and values == sorted(values, reverse=True)
     metrics = pd.read_csv(out / "cv_metrics.tsv", sep="\t")
-    assert set(metrics["model"]) == {"mil", "ridge", "mean"}
+    assert set(metrics["model"]) == {"mil", "ridge", "hypothesis", "mean"}
+    assert "Regressor minus each baseline" in text
     assert (out / "crs_model" / "metadata.json").exists()
     assert len(list((out / "scores").glob("sub-pt*/sub-pt*_regions.tsv"))) == 20
 
