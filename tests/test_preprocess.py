@@ -338,3 +338,18 @@ def test_preprocess_subject_reports_bad_file(grid, tmp_path):
     with pytest.raises(AnomalyInputError) as excinfo:
         preprocess_subject({"T1w": tmp_path / "sub-01_T1w.nii.gz"}, grid, ["T1w"])
     assert "sub-01_T1w.nii.gz: file not found" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_axis_by_axis_resampling_equals_scipy_affine_transform(rng, order):
+    # The fast path for axis-aligned images must give scipy's values, edges included.
+    from anomaly.preprocess.grid import _affine_resample, _separable_resample
+
+    for _ in range(10):
+        data = rng.normal(size=tuple(rng.integers(5, 25, 3))).astype(np.float32)
+        matrix = np.eye(4)
+        matrix[:3, :3] = np.diag(rng.uniform(0.3, 2.5, 3) * rng.choice([-1, 1], 3))
+        matrix[:3, 3] = rng.uniform(-5, 30, 3)
+        shape = tuple(int(v) for v in rng.integers(4, 30, 3))
+        np.testing.assert_allclose(_separable_resample(data, matrix, shape, order),
+                                   _affine_resample(data, matrix, shape, order), atol=2e-6)

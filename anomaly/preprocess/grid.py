@@ -249,22 +249,72 @@ def _resample(data: np.ndarray, affine: np.ndarray, grid: Grid, order: int) -> n
         # onto the 2 mm model grid): every interpolation order returns the samples
         # themselves, so a crop/pad gives the identical result 10-50x faster.
         return _shifted_copy(data, shift, grid.shape)
-    out = ndimage.affine_transform(
+    if order > 0 and np.allclose(matrix[:3, :3], np.diag(np.diag(matrix[:3, :3])), rtol=0.0, atol=1e-9):
+        # Another voxel size, axes aligned (every MNI-space image once reoriented to
+        # RAS): the same interpolation one axis at a time, 3-4x faster.
+        out = _separable_resample(data, matrix, grid.shape, order)
+    else:
+        out = _affine_resample(data, matrix, grid.shape, order)
+    if order > 1:
+        # Cubic splines overshoot at edges; keep values within the input range
+        # (as nilearn's resample_img does), so that e.g. PET stays non-negative.
+        np.clip(out, min(float(data.min()), 0.0), max(float(data.max()), 0.0), out=out)
+    return out
+
+
+def _affine_resample(data: np.ndarray, matrix: np.ndarray, shape: tuple[int, int, int], order: int) -> np.ndarray:
+    """scipy's affine_transform: any grid voxel -> source voxel matrix."""
+    return ndimage.affine_transform(
         data,
         matrix[:3, :3],
         offset=matrix[:3, 3],
-        output_shape=grid.shape,
+        output_shape=shape,
         order=order,
         mode="constant",  # no interpolation beyond the edge: outside stays exactly 0
         cval=0.0,
         prefilter=order > 1,
         output=np.float32,
     )
-    if order > 1:
-        # Cubic splines overshoot at edges; keep values within the input range
-        # (as nilearn's resample_img does), so that e.g. PET stays non-negative.
-        np.clip(out, min(float(data.min()), 0.0), max(float(data.max()), 0.0), out=out)
-    return out
+
+
+def _separable_resample(data: np.ndarray, matrix: np.ndarray, shape: tuple[int, int, int],
+                        order: int) -> np.ndarray:
+    """:func:`_affine_resample` for a diagonal matrix, one axis at a time.
+
+    A B-spline interpolation with axis-aligned sampling is a product of 1D ones: along
+    each axis, the 1D spline prefilter, then a (n_out, n_in) matrix of spline weights
+    (mirror-extended coefficients, 0 for samples beyond the first or last voxel centre:
+    what affine_transform's ``mode="constant"`` does). Reducing one axis before
+    prefiltering the next works on ever smaller arrays. Equal to affine_transform
+    within float32 rounding (tested).
+    """
+    out = np.asarray(data, dtype=np.float32)
+    for axis in range(3):
+        coords = matrix[axis, axis] * np.arange(shape[axis]) + matrix[axis, 3]
+        if order > 1:
+            out = ndimage.spline_filter1d(out, order=order, axis=axis, mode="mirror", output=np.float32)
+        weights = _axis_weights(out.shape[axis], coords, order)
+        out = np.moveaxis(np.tensordot(weights, out, axes=(1, axis)), 0, axis)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _axis_weights(n_in: int, coords: np.ndarray, order: int) -> np.ndarray:
+    """(len(coords), n_in) linear (order 1) or cubic B-spline (order 3) weights."""
+    rows = np.arange(coords.size)
+    weights = np.zeros((coords.size, n_in))
+    base = np.floor(coords).astype(int)
+    for tap in ((0, 1) if order == 1 else (-1, 0, 1, 2)):
+        k = base + tap
+        t = np.abs(coords - k)
+        if order == 1:
+            w = np.clip(1.0 - t, 0.0, None)
+        else:
+            w = np.where(t < 1, 2 / 3 - t**2 + t**3 / 2, np.where(t < 2, (2 - t) ** 3 / 6, 0.0))
+        k = np.abs(k)  # mirror the coefficients beyond the edges
+        k = np.where(k > n_in - 1, 2 * (n_in - 1) - k, k)
+        np.add.at(weights, (rows, np.clip(k, 0, n_in - 1)), w)
+    weights[(coords < 0) | (coords > n_in - 1)] = 0.0
+    return weights.astype(np.float32)
 
 
 def _integer_shift(matrix: np.ndarray) -> np.ndarray | None:
