@@ -24,6 +24,8 @@ _REQUIRED_COLUMNS = ("participant_id", "group", "age", "sex")
 GROUPS = ("control", "patient")
 _SEXES = {"m": "M", "male": "M", "f": "F", "female": "F"}
 _NA = {"", "n/a"}
+#: Plausible human ages in years (inclusive); anything outside is a data-entry error.
+AGE_LIMITS = (0.0, 120.0)
 
 
 def participant_id(value: str) -> str:
@@ -140,9 +142,12 @@ def _parse_row(record: dict[str, str], at: str, columns: pd.Index) -> tuple[Any,
         )
 
     age = _parse_number(record["age"])
-    if age is None or age < 0:
+    if age is None:
+        raise AnomalyInputError(f"{at}: age {record['age']!r} is not a non-negative number (or n/a)")
+    if not (math.isnan(age) or AGE_LIMITS[0] <= age <= AGE_LIMITS[1]):
+        # anomaly.qc.covariates applies the same limits to --age and library calls.
         raise AnomalyInputError(
-            f"{at}: age {record['age']!r} is not a non-negative number (or n/a)"
+            f"{at}: age {record['age']!r} is outside {AGE_LIMITS[0]:g}-{AGE_LIMITS[1]:g} years"
         )
 
     sex_raw = record["sex"].lower()
