@@ -80,6 +80,54 @@ def subject_from_path(path: str | os.PathLike) -> str | None:
     return None
 
 
+#: BIDS datatype folders searched for images, and the suffixes read there as parametric
+#: maps (None: any suffix but :data:`NOT_MAPS`). Diffusion and perfusion folders also
+#: hold raw series (``_dwi``, ``_asl``), which are not maps.
+DATATYPE_MAPS: dict[str, tuple[str, ...] | None] = {
+    "anat": None,  # T1w, T2w, FLAIR, PD, SWI, T2starw...
+    "pet": None,
+    "dwi": ("ADC", "FA", "MD"),
+    "perf": ("cbf",),
+}
+#: Suffixes that are never a parametric map: masks, segmentations, transforms, raw series.
+NOT_MAPS = frozenset({"mask", "dseg", "probseg", "xfm", "dwi", "bold", "asl", "m0scan", "sbref"})
+_PARAM = re.compile(r"_param-([A-Za-z0-9]+)_")
+
+
+def map_modality(path: str | os.PathLike, datatype: str) -> str | None:
+    """The modality of an image file found in a BIDS datatype folder, or None if it is no map.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        File name, e.g. ``sub-01_ADC.nii.gz`` or ``sub-01_model-DTI_param-FA_dwimap.nii.gz``.
+    datatype : str
+        Its folder: a key of :data:`DATATYPE_MAPS`.
+
+    Returns
+    -------
+    str or None
+        The BIDS suffix (or the ``param-`` value of a ``_dwimap``), when it names a
+        parametric map accepted in ``datatype``; None otherwise (``_dwi``, ``_mask``...).
+
+    Examples
+    --------
+    >>> map_modality("sub-01_ADC.nii.gz", "dwi")
+    'ADC'
+    >>> map_modality("sub-01_dwi.nii.gz", "dwi") is None
+    True
+    """
+    name = Path(path).name
+    suffix = modality_from_path(name)
+    if suffix == "dwimap":  # BIDS-derivatives diffusion model output
+        match = _PARAM.search(_strip_extension(name) + "_")
+        suffix = match.group(1).upper() if match else None
+    if suffix is None or suffix in NOT_MAPS:
+        return None
+    accepted = DATATYPE_MAPS.get(datatype)
+    return suffix if accepted is None or suffix in accepted else None
+
+
 # -------------------------------------------------------------------- subjects
 
 
@@ -120,7 +168,7 @@ class Subject:
 def _find_images(subject_dir: Path, label: str) -> tuple[dict[str, Path], list[str]]:
     """Images per modality of one subject folder, and messages about ignored duplicates."""
     found: dict[str, list[Path]] = {}
-    for datatype in ("anat", "pet"):
+    for datatype in DATATYPE_MAPS:
         for pattern in (f"{datatype}/*.nii*", f"ses-*/{datatype}/*.nii*"):
             for path in subject_dir.glob(pattern):
                 name = path.name
@@ -129,7 +177,7 @@ def _find_images(subject_dir: Path, label: str) -> tuple[dict[str, Path], list[s
                     continue
                 if subject_from_path(name) != label or not path.is_file():
                     continue
-                modality = modality_from_path(name)
+                modality = map_modality(name, datatype)
                 if modality is not None:
                     found.setdefault(modality, []).append(path)
     images: dict[str, Path] = {}
@@ -168,8 +216,9 @@ def find_subjects(
     Returns
     -------
     list of Subject
-        Sorted by label. Images are ``sub-<l>/{anat,pet}/*.nii[.gz]`` and
-        ``sub-<l>/ses-*/{anat,pet}/*.nii[.gz]``; the modality is the BIDS suffix.
+        Sorted by label. Images are ``sub-<l>/[ses-*/]{anat,pet,dwi,perf}/*.nii[.gz]``;
+        the modality is the BIDS suffix (see :func:`map_modality`: only ADC, FA and MD
+        maps in ``dwi/``, ``cbf`` in ``perf/``; never masks, segmentations or raw series).
         When one modality has several files (sessions, runs), the first in sorted
         order is used, with a warning. Subjects without any image are skipped with
         a warning, unless they were requested in ``participant_labels``.
@@ -298,7 +347,7 @@ def _with_images(
         if requested:
             raise AnomalyInputError(
                 f"{label}: no image found for {', '.join(without)} "
-                "(expected sub-<label>/[ses-*/]anat|pet/*.nii[.gz])"
+                "(expected sub-<label>/[ses-*/]anat|pet|dwi|perf/*.nii[.gz])"
             )
         warnings.warn(
             f"{label}: skipping {len(without)} subject(s) without images: "
@@ -310,6 +359,6 @@ def _with_images(
         which = f" in group {group!r}" if group else ""
         raise AnomalyInputError(
             f"{label}: no subject with images found{which} "
-            "(expected sub-<label>/[ses-*/]anat|pet/*.nii[.gz])"
+            "(expected sub-<label>/[ses-*/]anat|pet|dwi|perf/*.nii[.gz])"
         )
     return result

@@ -63,6 +63,7 @@ def load_image(
     name: str | None = None,
     check_mni: bool = True,
     check_values: bool = True,
+    average_frames: bool = False,
 ) -> nib.Nifti1Image:
     """Load and validate one 3D image: the toolkit's single image gate for scans.
 
@@ -82,6 +83,11 @@ def load_image(
         Check voxel values (Inf, NaN, constant image). Turn off for masks and label
         images, which may legitimately be empty; their values are then returned as
         read (NaN included).
+    average_frames : bool, default=False
+        Accept a 4D image (a multi-frame PET) and return the mean of its frames,
+        weighted by the ``FrameDuration`` list of its JSON sidecar (same name,
+        ``.json``) when there is one, else equally weighted (see
+        :func:`frame_weights`). Without it a 4D image is refused.
 
     Returns
     -------
@@ -106,6 +112,36 @@ def load_image(
         When NaN voxels outside the brain (as written by SPM for PET) are set to 0.
     """
     source, label = _open_image(img, name)
+    if average_frames and len(source.shape) == 4 and source.shape[3] > 1:
+        return load_image(_frame_mean(source, label), name=label, check_mni=check_mni,
+                          check_values=check_values)
+    spatial, affine = _check_source_header(source, label, check_mni)
+    data = _read_data(source, label).reshape(spatial)
+    if check_values:
+        data = _check_values(data, affine, label, check_mni)
+    return _canonical_image(data, affine, _xform_code(source))
+
+
+def check_image_header(img: str | os.PathLike | nib.spatialimages.SpatialImage, *, name: str | None = None,
+                       check_mni: bool = True) -> None:
+    """The checks of :func:`load_image` that need only the header, without reading the data.
+
+    Cheap enough to run on every input of a batch before any work starts.
+
+    Raises
+    ------
+    AnomalyInputError
+        If the file is missing, empty, unreadable, not a 3D volume, corrupt (implausible
+        size, non-numeric data, singular affine), shorter than its data, or
+        (``check_mni``) outside the MNI152 brain.
+    """
+    source, label = _open_image(img, name)
+    _check_source_header(source, label, check_mni)
+
+
+def _check_source_header(source: nib.spatialimages.SpatialImage, label: str,
+                         check_mni: bool) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Header checks of an opened image; returns its spatial shape and affine."""
     # Header first: a corrupt header must not make us allocate gigabytes.
     spatial = _check_header(source, label)
     affine = np.asarray(source.affine, dtype=np.float64)
@@ -113,16 +149,19 @@ def load_image(
     if check_mni:
         _check_mni_overlap(spatial, affine, label)
     _check_data_size(source, label)
-    data = _read_data(source, label).reshape(spatial)
-    if check_values:
-        data = _check_values(data, affine, label, check_mni)
-    return _canonical_image(data, affine, _xform_code(source))
+    return spatial, affine
 
 
 def _check_header(source: nib.spatialimages.SpatialImage, label: str) -> tuple[int, int, int]:
     """The spatial shape, after checking the header's shape and data type."""
     shape = tuple(int(s) for s in source.shape)
     _check_shape(shape, label)
+    _check_dtype(source, label)
+    return shape[:3]
+
+
+def _check_dtype(source: nib.spatialimages.SpatialImage, label: str) -> None:
+    """Refuse complex and non-numeric voxel types (from the header)."""
     dtype = np.dtype(source.get_data_dtype())
     if dtype.kind == "c":
         raise AnomalyInputError(
@@ -132,7 +171,6 @@ def _check_header(source: nib.spatialimages.SpatialImage, label: str) -> tuple[i
         raise AnomalyInputError(
             f"{label}: image has unsupported data type {dtype}; expected numeric voxel values"
         )
-    return shape[:3]
 
 
 def _canonical_image(data: np.ndarray, affine: np.ndarray, code: int) -> nib.Nifti1Image:
@@ -358,6 +396,86 @@ def _xform_code(img: nib.spatialimages.SpatialImage) -> int:
         if code:
             return code
     return 2  # "aligned": the data contract says images are in MNI152 space.
+
+
+#: Largest accepted number of frames of a 4D (multi-frame PET) image.
+MAX_FRAMES = 512
+
+
+def frame_weights(source: nib.spatialimages.SpatialImage, label: str) -> np.ndarray:
+    """Weights (summing to 1) of the frames of a 4D image, from its JSON sidecar.
+
+    Parameters
+    ----------
+    source : nibabel image
+        The 4D image; its sidecar is the file of the same name ending in ``.json``.
+    label : str
+        Name of the image in messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``FrameDuration / sum(FrameDuration)`` (BIDS PET, seconds); equal weights
+        when the image has no file name, no sidecar or no ``FrameDuration``.
+
+    Raises
+    ------
+    AnomalyInputError
+        If the sidecar is not valid JSON, or its ``FrameDuration`` is not a list of
+        one positive number per frame.
+    """
+    import json
+
+    n_frames = int(source.shape[3])
+    filename = source.get_filename()
+    sidecar = None
+    if filename:
+        stem = str(filename)
+        for ext in (*NIFTI_EXTENSIONS, ".gz"):
+            if stem.endswith(ext):
+                stem = stem[: -len(ext)]
+                break
+        sidecar = Path(stem + ".json")
+    if sidecar is None or not sidecar.is_file():
+        return np.full(n_frames, 1.0 / n_frames)
+    try:
+        durations = json.loads(sidecar.read_text()).get("FrameDuration")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise AnomalyInputError(f"{sidecar}: not a readable JSON sidecar ({describe_error(exc)})") from exc
+    if durations is None:
+        return np.full(n_frames, 1.0 / n_frames)
+    try:
+        weights = np.asarray(durations, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        weights = np.array([np.nan])
+    if weights.size != n_frames or not np.isfinite(weights).all() or (weights <= 0).any():
+        raise AnomalyInputError(
+            f"{sidecar}: FrameDuration must list one positive duration per frame "
+            f"({n_frames} frames in {label})"
+        )
+    return weights / weights.sum()
+
+
+def _frame_mean(source: nib.spatialimages.SpatialImage, label: str) -> nib.Nifti1Image:
+    """The weighted mean of the frames of a 4D image, as a 3D image (header checked first)."""
+    shape = tuple(int(s) for s in source.shape)
+    _check_shape(shape[:3], label)
+    if shape[3] > MAX_FRAMES:
+        raise AnomalyInputError(
+            f"{label}: header claims {shape[3]} frames (at most {MAX_FRAMES}); the header is probably corrupt"
+        )
+    _check_dtype(source, label)
+    affine = np.asarray(source.affine, dtype=np.float64)
+    _check_affine(affine, label)
+    weights = frame_weights(source, label)
+    _check_data_size(source, label)
+    data = _read_data(source, label)
+    mean = np.tensordot(data, weights.astype(np.float32), axes=([3], [0])).astype(np.float32)
+    img = nib.Nifti1Image(mean, affine)
+    code = _xform_code(source)
+    img.set_sform(affine, code=code)
+    img.set_qform(affine, code=code)
+    return img
 
 
 def read_map(img: Any, what: str, *, finite: bool = False) -> nib.Nifti1Image:
