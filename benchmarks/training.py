@@ -40,7 +40,7 @@ def measure(args, work: Path) -> list[dict]:
         if not bids.exists():
             simulate_cohort(bids, n_healthy=n, n_patients=0, resolution=args.resolution, n_jobs=2)
         sim = time.perf_counter() - t0
-        seconds, peak = fit_in_child("ae", bids, work / f"model-{n}",
+        seconds, peak = fit_in_child(args.method, bids, work / f"model-{n}",
                                      {"resolution": args.resolution, "epochs": args.epochs, "device": "cpu"})
         rows.append({"controls": n, "simulate_s": sim, "fit_s": seconds, "s_per_epoch": seconds / args.epochs,
                      "peak_mb": peak})
@@ -50,8 +50,9 @@ def measure(args, work: Path) -> list[dict]:
 def markdown(result: dict) -> str:
     """Header line and the Markdown table (as printed), from :func:`main`'s result or its JSON."""
     st = result["settings"]
-    lines = [f"Autoencoder training, {st['resolution']:g} mm, 3 modalities, {st['epochs']} epoch(s); "
-             f"machine: {result['machine']}", "",
+    header = (f"Normative fit ({st.get('method', 'ae')}), {st['resolution']:g} mm, 3 modalities, "
+              f"{st['epochs']} epoch(s); machine: {result['machine']}")
+    lines = [header, "",
              "| controls | simulate (s) | fit incl. preprocessing (s) | s/epoch (upper bound) | peak RSS (MB) |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['controls']} | {r['simulate_s']:.0f} | {r['fit_s']:.0f} | {r['s_per_epoch']:.0f} "
@@ -65,6 +66,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 400], help="cohort sizes")
     parser.add_argument("--resolution", type=float, default=2.0)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--method", default="ae", choices=("ae", "hybrid", "auto"),
+                        help="normative method fitted (default ae); hybrid and auto add the voxelwise "
+                             "calibration, and every network method runs the self-check")
     parser.add_argument("--out-dir", type=Path, help="keep data here (default: temporary)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)
@@ -75,7 +79,8 @@ def main(argv=None) -> dict:
     finally:
         if args.out_dir is None:  # several GB at the default sizes
             shutil.rmtree(work, ignore_errors=True)
-    result = {"settings": {"sizes": args.sizes, "resolution": args.resolution, "epochs": args.epochs},
+    result = {"settings": {"sizes": args.sizes, "resolution": args.resolution, "epochs": args.epochs,
+                           "method": args.method},
               "machine": machine(), "rows": rows, "targets": training_targets(rows)}
     print()
     print(markdown(result))

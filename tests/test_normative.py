@@ -69,12 +69,15 @@ def test_combine_anomaly_uses_lesion_direction():
     z[1, 0, 0, 0] = 2.0    # FLAIR hyperintense: counts
     z[2, 0, 0, 0] = -3.0   # PET hypometabolism: counts
     mask = np.ones((2, 2, 2), bool)
-    a = combine_anomaly(z, np.array([True, True, True]), ["T1w", "FLAIR", "pet"], mask)
+    a = combine_anomaly(z, np.array([True, True, True]), ["T1w", "FLAIR", "pet"], mask, rule="mean")
     assert a[0, 0, 0] == pytest.approx((4 + 2 + 3) / 3)
     assert a[1, 1, 1] == 0.0
     # A missing modality is left out of the mean rather than counted as normal.
-    a2 = combine_anomaly(z, np.array([True, True, False]), ["T1w", "FLAIR", "pet"], mask)
+    a2 = combine_anomaly(z, np.array([True, True, False]), ["T1w", "FLAIR", "pet"], mask, rule="mean")
     assert a2[0, 0, 0] == pytest.approx(3.0)
+    # The default rule is the maximum over modalities.
+    default = combine_anomaly(z, np.array([True, True, True]), ["T1w", "FLAIR", "pet"], mask)
+    assert default[0, 0, 0] == pytest.approx(4.0) and default[1, 1, 1] == 0.0
     assert (a >= 0).all()  # deliberate: non-negative anomaly maps are a DESIGN.md contract
 
 

@@ -166,7 +166,7 @@ def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     "kwargs, match",
     [
         ({"resolution": 2.5}, "resolution"),
-        ({"modalities": ("T1w", "T2w")}, "modalities"),
+        ({"modalities": ("T1w", "DWI")}, "modalities"),
         ({"n_healthy": 0, "n_patients": 0}, "at least one"),
         ({"n_jobs": 0}, "n_jobs"),
         ({"missing_fraction": 1.5}, "missing_fraction"),
@@ -332,3 +332,62 @@ def test_config_is_exposed_and_used():
     grad = lambda a: np.abs(np.diff(a, axis=0)).mean()  # noqa: E731
     assert grad(blurred.images["pet"]) < grad(sharp.images["pet"])
     assert cfg.to_dict()["crs"]["metabolism_floor"] == 0.38
+
+
+# ------------------------------------------------------------- realistic variation, sites
+def test_default_variation_is_the_default_config_and_names_are_checked():
+    from anomaly.simulate import simulation_config
+
+    assert simulation_config() == SimulationConfig()
+    realistic = simulation_config("realistic", site="b")
+    assert (realistic.variation, realistic.site) == ("realistic", "b")
+    assert realistic.fine_displacement_mm > 0 and realistic.pet_fwhm_range == (6.5, 9.0)
+    for kwargs in ({"variation": "wild"}, {"site": "z"}, {"no_such_field": 1}):
+        with pytest.raises(AnomalyInputError):
+            simulation_config(**kwargs)
+
+
+def test_sites_differ_in_pet_smoothness_and_realistic_anatomy_varies_more():
+    from anomaly.simulate import simulation_config
+
+    def pet(site):  # noise-free PET, so that only the point-spread function differs
+        cfg = simulation_config("realistic", site=site, pet_noise=0.0)
+        return simulate_subject(2, resolution=RES, modalities=("pet",), config=cfg).images["pet"]
+
+    grad = lambda a: np.abs(np.diff(a, axis=0)).mean() / a[a > 0].mean()  # noqa: E731
+    assert grad(pet("b")) < 0.9 * grad(pet("a"))  # site b: 6.5-9 mm FWHM, site a: 4-6.5 mm
+    # Two controls differ more under realistic variation (3-8 mm warps, thickness, atrophy rate).
+    def spread(cfg):
+        a, b = (simulate_subject(s, resolution=RES, modalities=("T1w",), config=cfg, age=60, sex="F")
+                .images["T1w"] for s in (3, 4))
+        return np.abs(a / a.mean() - b / b.mean()).mean()
+
+    assert spread(simulation_config("realistic")) > 1.2 * spread(SimulationConfig())
+
+
+def test_t2w_and_adc_show_lesions_in_their_directions():
+    from anomaly.simulate import ALL_MODALITIES
+
+    patient = simulate_subject(SEED, group="patient", resolution=RES, modalities=ALL_MODALITIES,
+                               damage={"thalamus": 1.0}, distractors=[], return_twins=True)
+    inside = patient.focal_mask
+    assert inside.any()
+    for modality, sign in (("T2w", 1), ("ADC", -1), ("T1w", -1), ("FLAIR", 1)):
+        change = patient.images[modality][inside].mean() - patient.twins["healthy"][modality][inside].mean()
+        assert np.sign(change) == sign, modality
+    # Adding modalities leaves the default ones unchanged (own random streams).
+    plain = simulate_subject(SEED, group="patient", resolution=RES, damage={"thalamus": 1.0}, distractors=[])
+    np.testing.assert_array_equal(plain.images["pet"], patient.images["pet"])
+
+
+def test_simulate_command_takes_variation_site_and_modalities(tmp_path):
+    from anomaly.cli import main
+
+    out = tmp_path / "bids"
+    argv = ["simulate", str(out), "--healthy", "1", "--patients", "0", "--resolution", "6", "--quiet",
+            "--variation", "realistic", "--site", "b", "--modalities", "T1w", "ADC"]
+    assert main(argv) == 0
+    config = json.loads((out / "derivatives" / "simulation" / "simulation.json").read_text())["config"]
+    assert (config["variation"], config["site"], config["pet_fwhm_range"]) == ("realistic", "b", [6.5, 9.0])
+    assert sorted(p.name for p in (out / "sub-hc001" / "anat").iterdir()) == [
+        "sub-hc001_ADC.nii.gz", "sub-hc001_T1w.nii.gz"]

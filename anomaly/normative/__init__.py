@@ -1,4 +1,4 @@
-"""Stage 4 of the pipeline: normative models of healthy brains.
+"""Stage 5 of the pipeline: normative models of healthy brains.
 
 A denoising autoencoder (MONAI U-Net) and a classical voxelwise z-score model, fitted on
 controls (:class:`NormativeModel`, a scikit-learn estimator), map any subject's deviation

@@ -62,9 +62,9 @@ class ControlSplit:
 
 
 def split_controls(n_controls: int, val_fraction: float, *, method: str, seed: int) -> ControlSplit:
-    """Seeded split: held-out calibration controls for ``ae``, all controls for ``zscore``."""
+    """Seeded split: held-out calibration controls for a network method, all controls for ``zscore``."""
     order = np.random.default_rng(seed).permutation(n_controls)
-    if method != "ae":
+    if method == "zscore":
         return ControlSplit(train=order, calibration=order)
     n_cal = calibration_size(n_controls, val_fraction)
     return ControlSplit(train=order[n_cal:], calibration=order[:n_cal])

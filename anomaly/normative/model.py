@@ -1,8 +1,8 @@
 """The normative model estimator: fit on healthy controls, map any subject's deviation.
 
-Two methods share one API and one calibration:
+Methods share one API and one calibration:
 
-``ae`` (default)
+``ae``
     A MONAI 3D U-Net trained as a denoising autoencoder with coarse noise on the
     healthy controls (:mod:`anomaly.normative.network`). The residual of a subject is
     its standardised image minus the network's reconstruction.
@@ -10,6 +10,12 @@ Two methods share one API and one calibration:
     The classical clinical approach (SPM single-subject analysis, 3D-SSP): the residual
     is the standardised image itself, so the calibrated z map is the voxelwise
     deviation from the age- and sex-adjusted control mean.
+``hybrid`` (default)
+    Both: a model with a network also calibrates the images on every control, and the
+    hybrid z map is the per-voxel mean of the two (:mod:`anomaly.normative.hybrid`).
+``auto``
+    The hybrid model, using whichever of the three wins the self-check
+    (:mod:`anomaly.normative.selfcheck`, run after every fit and stored in the model).
 
 Calibration (:mod:`anomaly.normative.calibration`) turns residuals into signed z maps
 per modality with a voxelwise linear model of age and sex, fitted on controls the
@@ -32,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from anomaly.constants import LESION_SIGN, SPACE_LABEL
+from anomaly.constants import LESION_DIRECTIONS, LESION_SIGN, SPACE_LABEL
 from anomaly.io import AnomalyInputError, AnomalyModelError, Subject
 from anomaly.normative.calibration import CalibrationMaps, smooth_in_mask, standardise
 from anomaly.normative.controls import (
@@ -42,6 +48,7 @@ from anomaly.normative.controls import (
     select_controls,
     split_controls,
 )
+from anomaly.normative.hybrid import NETWORK_METHODS, hybrid_z
 from anomaly.normative.maps import SubjectScore, combine_anomaly
 from anomaly.normative.modelio import METADATA, WEIGHTS, NormativeFiles, read_metadata
 from anomaly.preprocess import (
@@ -59,7 +66,7 @@ if TYPE_CHECKING:
 __all__ = ["LESION_SIGN", "METHODS", "NormativeModel", "SubjectScore", "calibration_size",
            "combine_anomaly", "read_metadata"]
 
-METHODS = ("ae", "zscore")
+METHODS = ("ae", "zscore", "hybrid", "auto")
 #: Atlas region patterns used as PET reference regions (Neuromorphometrics names).
 PET_REFERENCE_PATTERNS = {"cerebellum": "Cerebell", "brainstem": "Brain_Stem"}
 
@@ -69,8 +76,13 @@ class NormativeModel(BaseEstimator):
 
     Parameters
     ----------
-    method : {"ae", "zscore"}
-        Denoising autoencoder (default) or classical voxelwise z-score model.
+    method : {"hybrid", "ae", "zscore", "auto"}
+        Per-voxel combination of the autoencoder's and the voxelwise model's z maps
+        (default, :mod:`anomaly.normative.hybrid`; the best method on the realistic
+        detection benchmark), denoising autoencoder alone, classical voxelwise z-score
+        model alone, or ``auto``: fit the
+        hybrid model and use whichever of the three wins the self-check
+        (:mod:`anomaly.normative.selfcheck`) on held-out controls with injected lesions.
     modalities : sequence of str, optional
         BIDS suffixes to model (e.g. ``("T1w", "FLAIR", "pet")``). Default: every
         modality that all training controls have.
@@ -98,6 +110,14 @@ class NormativeModel(BaseEstimator):
         PET SUVR reference region.
     seed : int
     device : {"auto", "cpu", "cuda"}
+    augment : float
+        Strength of the healthy-variation augmentation of the autoencoder's training
+        batches (:func:`anomaly.normative.network.augment_batch`: smooth warps, bias
+        field, contrast); 0 (default) trains without it.
+    lesion_directions : mapping of str to {"lower", "higher", "both"}, optional
+        Direction a lesion pushes each modality, as the user declares it; overrides
+        :func:`anomaly.constants.lesion_sign` (unknown modalities: both, i.e. |z|) in
+        the combined anomaly map. Stored in the model metadata.
 
     Attributes
     ----------
@@ -117,15 +137,19 @@ class NormativeModel(BaseEstimator):
     covariates_ : bool
     n_train_, n_calibration_ : int
     train_summary_ : dict
+    atlas_coverage_ : dict
+        Per shipped atlas, the regions kept and lost on the model grid
+        (:func:`shipped_atlas_coverage`); recorded at fit, shown in reports.
     """
 
-    def __init__(self, method: str = "ae", *, modalities: Sequence[str] | None = None,
+    def __init__(self, method: str = "hybrid", *, modalities: Sequence[str] | None = None,
                  resolution: float = 2.0, epochs: int = 20, batch_size: int = 2, lr: float = 2e-3,
                  channels: Sequence[int] = (16, 32, 64, 128), noise_scale: float = 0.3,
                  noise_coarseness: int = 8, modality_dropout: float = 0.2,
                  val_fraction: float = 0.2, covariates: bool | str = "auto",
                  smooth_sigma: float = 1.0, pet_reference: str = "cerebellum",
-                 seed: int = 0, device: str = "auto") -> None:
+                 seed: int = 0, device: str = "auto", augment: float = 0.0,
+                 lesion_directions: Mapping[str, str] | None = None) -> None:
         self.method = method
         self.modalities = modalities
         self.resolution = resolution
@@ -142,9 +166,16 @@ class NormativeModel(BaseEstimator):
         self.pet_reference = pet_reference
         self.seed = seed
         self.device = device
+        self.augment = augment
+        self.lesion_directions = lesion_directions
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
+        if self.lesion_directions is not None and (
+                not isinstance(self.lesion_directions, Mapping)
+                or any(d not in LESION_DIRECTIONS for d in self.lesion_directions.values())):
+            raise AnomalyInputError("lesion_directions: expected a mapping of modality to lower, higher or "
+                                    f"both; got {self.lesion_directions!r}")
         if self.method not in METHODS:
             raise AnomalyInputError(f"method: expected one of {', '.join(METHODS)}; got {self.method!r}")
         if self.pet_reference not in (*PET_REFERENCE_PATTERNS, "global"):
@@ -160,7 +191,7 @@ class NormativeModel(BaseEstimator):
             raise RuntimeError("this NormativeModel is not fitted yet; call fit() or load()")
 
     def _check_fitted_network(self) -> None:
-        if getattr(self, "network_", None) is None:
+        if getattr(self, "network_", None) is None:  # also: method "zscore"
             raise RuntimeError("this model has no network (method 'zscore' or not fitted)")
 
     # -------------------------------------------------------------- preprocess
@@ -190,7 +221,7 @@ class NormativeModel(BaseEstimator):
     # --------------------------------------------------------------------- fit
     def fit(self, subjects: Sequence[Subject], *, workdir: str | Path | None = None,
             resume: bool = False, progress: bool = True, num_workers: int = 0,
-            keep_cache: bool = False) -> NormativeModel:
+            keep_cache: bool = False, drop_qc_outliers: bool = False) -> NormativeModel:
         """Fit the model on healthy controls.
 
         Parameters
@@ -208,6 +239,9 @@ class NormativeModel(BaseEstimator):
             DataLoader workers for the autoencoder.
         keep_cache : bool
             Keep the preprocessed-array cache after a successful fit.
+        drop_qc_outliers : bool
+            Leave out the controls that quality control finds to be clear outliers
+            (:func:`anomaly.qc.screen_controls`) instead of refusing to fit.
 
         Returns
         -------
@@ -226,10 +260,14 @@ class NormativeModel(BaseEstimator):
             split = split_controls(len(controls), self.val_fraction, method=self.method, seed=self.seed)
             cached, mean, std = self._cache_controls(controls, split, work.cache,
                                                      progress=progress and ctx.is_main)
+            controls, split, cached, mean, std = self._screen_controls(
+                controls, split, cached, (mean, std), work.cache, drop=drop_qc_outliers,
+                progress=progress and ctx.is_main)
             self._train_network(cached, split, mean, std, work.path, ctx, resume=resume,
                                 progress=progress, num_workers=num_workers)
             self._calibrate(cached, split, mean, std, progress=progress and ctx.is_main)
             self._summarise(controls, split)
+            self._run_self_check(cached, split, mean, std)
         return self
 
     def _cache_controls(self, controls: Sequence[Subject], split: ControlSplit, cache_dir: Path, *,
@@ -252,13 +290,76 @@ class NormativeModel(BaseEstimator):
         self.channel_std_ = std.astype(np.float32)
         return cached, mean, std
 
+    def _screen_controls(self, controls: Sequence[Subject], split: ControlSplit, cached: list[CachedSubject],
+                         stats: tuple[np.ndarray, np.ndarray], cache_dir: Path, *, drop: bool, progress: bool):
+        """Leave-one-out QC of the controls (:func:`anomaly.qc.screen_controls`).
+
+        A clear outlier raises AnomalyInputError naming it or, with ``drop``, is left
+        out (split and standardisation redone from the cache). Sets
+        :attr:`qc_reference_` (the controls' QC distribution) and :attr:`qc_dropped_`.
+        Returns the (possibly reduced) controls, split, cached subjects, mean and SD.
+        """
+        from anomaly.qc import screen_controls
+
+        def screen(subjects: Sequence[CachedSubject]):
+            loaders = {s.label: (lambda s=s: (np.load(s.path, mmap_mode="r").astype(np.float32), s.present))
+                       for s in subjects}
+            return screen_controls(loaders, self.modalities_, self.grid_, {s.label: s.age for s in subjects})
+
+        result = screen(cached)
+        self.qc_dropped_ = dict(result.outliers)
+        self.qc_reference_ = result.reference
+        if not result.outliers:
+            return controls, split, cached, *stats
+        if not drop:
+            raise AnomalyInputError(f"{next(iter(result.outliers.values()))} (fit refused: remove the control "
+                                    f"or pass --drop-qc-outliers; {len(result.outliers)} outlier(s))")
+        controls = [c for c in controls if c.label not in result.outliers]
+        split = split_controls(len(controls), self.val_fraction, method=self.method, seed=self.seed)
+        cached, mean, std = self._cache_controls(controls, split, cache_dir, progress=progress)
+        self.qc_reference_ = screen(cached).reference
+        return controls, split, cached, mean, std
+
+    def quality_check(self, prep: Preprocessed, *, age: float | None = None, sex: str | None = None,
+                      force: bool = False, where: str = "age/sex"):
+        """QC of one preprocessed subject against this model's controls.
+
+        Parameters
+        ----------
+        prep : Preprocessed
+            :meth:`preprocess` output.
+        age, sex : optional
+            Covariates (an impossible value raises AnomalyInputError).
+        force : bool
+            Record that refusals are overridden.
+        where : str
+            What a covariate error names.
+
+        Returns
+        -------
+        anomaly.qc.SubjectQC
+        """
+        from dataclasses import replace
+
+        from anomaly.qc import assess_subject
+
+        self._check_fitted()
+        if prep.grid is None:  # e.g. rebuilt from the preprocessing cache
+            prep = replace(prep, grid=self.grid_)
+        reference = getattr(self, "qc_reference_", None)
+        ages = (getattr(self, "train_summary_", None) or {}).get("age_range")
+        if reference is not None and ages:  # the age model was fitted on the calibration controls
+            reference = replace(reference, age_range=(float(ages[0]), float(ages[1])))
+        return assess_subject(prep, reference, self.control_mean_,
+                              pet_reference=self.pet_reference, age=age, sex=sex, force=force, where=where)
+
     def _train_network(self, cached: Sequence[CachedSubject], split: ControlSplit, mean: np.ndarray,
                        std: np.ndarray, workdir: Path, ctx: DistributedContext, *, resume: bool,
                        progress: bool, num_workers: int) -> None:
         """Train the autoencoder on the training controls (method "ae" only)."""
         self.network_ = None
         self.history_ = []
-        if self.method != "ae":
+        if self.method not in NETWORK_METHODS:
             return
         import torch
 
@@ -273,7 +374,7 @@ class NormativeModel(BaseEstimator):
         settings = trainer.TrainSettings(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
             noise_scale=self.noise_scale, noise_coarseness=self.noise_coarseness,
-            modality_dropout=self.modality_dropout, seed=self.seed)
+            modality_dropout=self.modality_dropout, seed=self.seed, augment=self.augment)
         self.history_ = trainer.train_autoencoder(
             network, train_set, val_set, self.mask_, settings, workdir, ctx=ctx, resume=resume,
             progress=progress, num_workers=num_workers)
@@ -290,14 +391,29 @@ class NormativeModel(BaseEstimator):
         cal = [cached[i] for i in split.calibration]
         use_cov = len(cal) >= 10 if self.covariates == "auto" else self.covariates
         ages = [s.age for s in cal if s.age is not None]
-        vlm = VoxelwiseLinearModel((len(self.modalities_),) + self.grid_.shape, self.mask_,
-                                   covariates=bool(use_cov),
-                                   age_ref=float(np.median(ages)) if ages else 50.0)
-        for sub in tqdm(cal, desc="calibrating", unit="subject", disable=not progress):
+        shape = (len(self.modalities_),) + self.grid_.shape
+        age_ref = float(np.median(ages)) if ages else 50.0
+        vlm = VoxelwiseLinearModel(shape, self.mask_, covariates=bool(use_cov), age_ref=age_ref)
+        # A network model also keeps the voxelwise calibration on every control (its
+        # "zscore" component, for the hybrid map and the self-check).
+        voxel = None
+        if self.network_ is not None:
+            voxel = VoxelwiseLinearModel(shape, self.mask_, covariates=len(cached) >= 10
+                                         if self.covariates == "auto" else bool(self.covariates),
+                                         age_ref=age_ref)
+        in_cal = {int(i) for i in split.calibration}
+        for i, sub in enumerate(tqdm(cached, desc="calibrating", unit="subject", disable=not progress)):
+            if i not in in_cal and voxel is None:
+                continue
             data = np.load(sub.path, mmap_mode="r").astype(np.float32)
             std_data = standardise(data, sub.present, mean, std, self.mask_)
-            vlm.add(self._residual(std_data, sub.present), sub.present, sub.age, sub.sex)
+            if i in in_cal:
+                vlm.add(self._residual(std_data, sub.present), sub.present, sub.age, sub.sex)
+            if voxel is not None:
+                voxel.add(self._residual(std_data, sub.present, kind="zscore"), sub.present, sub.age, sub.sex)
         self.calibration_ = vlm.finalise()
+        self.voxel_calibration_ = voxel.finalise() if voxel is not None else None
+        self._calibration_sums = {"ae" if voxel is not None else "zscore": vlm, "zscore": voxel or vlm}
         self.covariates_ = bool(use_cov)
 
     def _summarise(self, controls: Sequence[Subject], split: ControlSplit) -> None:
@@ -312,11 +428,17 @@ class NormativeModel(BaseEstimator):
             "calibration_labels": sorted(controls[i].label for i in split.calibration),
             "age_range": [float(min(ages)), float(max(ages))] if ages else None,
         }
+        self.atlas_coverage_ = shipped_atlas_coverage(self.grid_)
 
     # --------------------------------------------------------------- residuals
-    def _residual(self, std_data: np.ndarray, present: np.ndarray) -> np.ndarray:
-        """Residual maps (standardised units), smoothed, zero where absent."""
-        if self.method == "ae":
+    def _residual(self, std_data: np.ndarray, present: np.ndarray, kind: str | None = None) -> np.ndarray:
+        """Residual maps (standardised units), smoothed, zero where absent.
+
+        ``kind``: "ae" (image minus reconstruction) or "zscore" (the image); default:
+        "ae" for a model with a network.
+        """
+        kind = kind or ("zscore" if getattr(self, "network_", None) is None else "ae")
+        if kind == "ae":
             recon = self.reconstruct(std_data, present)
             residual = std_data - recon
         else:
@@ -327,6 +449,48 @@ class NormativeModel(BaseEstimator):
             elif self.smooth_sigma > 0:
                 residual[c] = smooth_in_mask(residual[c], self.mask_, self.smooth_sigma)
         return residual
+
+    def component_z(self, std_data: np.ndarray, present: np.ndarray, age: float | None = None,
+                    sex: str | None = None, *, methods: Sequence[str] | None = None,
+                    calibrations: Mapping[str, CalibrationMaps] | None = None) -> dict[str, np.ndarray]:
+        """Masked z maps of one standardised subject for each method this model can give.
+
+        Parameters
+        ----------
+        std_data : ndarray, shape (C, X, Y, Z)
+            Standardised images (:func:`~anomaly.normative.calibration.standardise`).
+        present : ndarray of bool, shape (C,)
+        age, sex : optional
+            Covariates of the calibration.
+        methods : sequence of str, optional
+            Among "ae", "zscore", "hybrid"; default: all this model has.
+        calibrations : mapping, optional
+            Replacement calibration per component ("ae", "zscore"), e.g. leave-one-out
+            calibrations of the self-check.
+
+        Returns
+        -------
+        dict of str to ndarray
+        """
+        has_network = getattr(self, "network_", None) is not None
+        methods = list(methods or (("ae", "zscore", "hybrid") if has_network else ("zscore",)))
+        cals = {"ae": self.calibration_, "zscore": self.voxel_calibration_ if has_network else self.calibration_}
+        cals.update(calibrations or {})
+        needed = {"ae", "zscore"} if "hybrid" in methods else set(methods)
+        out = {k: cals[k].zmap(self._residual(std_data, present, kind=k), age, sex) * self.mask_ for k in needed}
+        if "hybrid" in methods:
+            out["hybrid"] = hybrid_z(out["ae"], out["zscore"], self.modalities_)
+        return {k: out[k] for k in methods}
+
+    def _run_self_check(self, cached: Sequence[CachedSubject], split: ControlSplit, mean: np.ndarray,
+                        std: np.ndarray) -> None:
+        """Detection of injected lesions in held-out controls; ``auto`` picks its method here."""
+        from anomaly.normative.selfcheck import best_method, self_check
+
+        self.self_check_ = self_check(self, [cached[i] for i in split.calibration], mean, std,
+                                      self._calibration_sums, seed=self.seed)
+        del self._calibration_sums  # hundreds of MB at 2 mm, only needed for leave-one-out
+        self.method_ = best_method(self.self_check_) if self.method == "auto" else self.method
 
     def reconstruct(self, std_data: np.ndarray, present: np.ndarray) -> np.ndarray:
         """Autoencoder reconstruction of standardised images, shape (C, X, Y, Z)."""
@@ -362,14 +526,14 @@ class NormativeModel(BaseEstimator):
         self._check_fitted()
         prep = images if isinstance(images, Preprocessed) else self.preprocess(images)
         std_data = standardise(prep.data, prep.present, self.channel_mean_, self.channel_std_, self.mask_)
-        residual = self._residual(std_data, prep.present)
-        z = self.calibration_.zmap(residual, age, sex) * self.mask_
+        z = self.component_z(std_data, prep.present, age, sex, methods=(self.method_,))[self.method_]
         z[~prep.present] = np.nan
         if prep.valid is not None:
             # Brain voxels a present image does not cover have no z, not a deviation.
             for c in np.flatnonzero(prep.present):
                 z[c][self.mask_ & ~prep.valid[c]] = np.nan
-        anomaly = combine_anomaly(z, prep.present, self.modalities_, self.mask_)
+        anomaly = combine_anomaly(z, prep.present, self.modalities_, self.mask_,
+                                  directions=self.lesion_directions)
         return SubjectScore(z=z, anomaly=anomaly, present=prep.present, modalities=list(self.modalities_),
                             data=prep.data, qc=prep.qc, grid=self.grid_)
 
@@ -410,6 +574,9 @@ class NormativeModel(BaseEstimator):
         cal = self.calibration_
         return {
             "method": self.method,
+            "method_used": self.method_,
+            "self_check": self.self_check_,
+            "recalibration": getattr(self, "recalibration_", None),
             "modalities": list(self.modalities_),
             "grid": {**self.grid_.to_dict(), "resolution": float(self.grid_.resolution),
                      "space": SPACE_LABEL},
@@ -423,13 +590,20 @@ class NormativeModel(BaseEstimator):
             "training": params,
             "history": self.history_,
             "data": self.train_summary_,
+            "atlas_coverage": self.atlas_coverage_,
+            "qc": _qc_metadata(self),
         }
 
     def _calibration_arrays(self) -> dict[str, np.ndarray]:
         cal = self.calibration_
-        return {"beta": cal.beta, "sd": cal.sd, "n_subjects": cal.n_subjects.astype(np.int64),
-                "mask": self.mask_.astype(np.uint8), "channel_mean": self.channel_mean_,
-                "channel_std": self.channel_std_, "control_mean": self.control_mean_}
+        arrays = {"beta": cal.beta, "sd": cal.sd, "n_subjects": cal.n_subjects.astype(np.int64),
+                  "mask": self.mask_.astype(np.uint8), "channel_mean": self.channel_mean_,
+                  "channel_std": self.channel_std_, "control_mean": self.control_mean_}
+        voxel = getattr(self, "voxel_calibration_", None)
+        if voxel is not None:  # the "zscore" component of a network model
+            arrays.update(voxel_beta=voxel.beta, voxel_sd=voxel.sd,
+                          voxel_n_subjects=voxel.n_subjects.astype(np.int64))
+        return arrays
 
     def _weights(self) -> dict | None:
         if self.network_ is None:
@@ -451,6 +625,12 @@ class NormativeModel(BaseEstimator):
             self.calibration_ = CalibrationMaps(beta=arrays["beta"], sd=arrays["sd"],
                                                 n_subjects=arrays["n_subjects"], age_ref=float(cal["age_ref"]),
                                                 covariates=bool(cal["covariates"]))
+            self.voxel_calibration_ = None
+            if "voxel_beta" in arrays:
+                self.voxel_calibration_ = CalibrationMaps(
+                    beta=arrays["voxel_beta"], sd=arrays["voxel_sd"], n_subjects=arrays["voxel_n_subjects"],
+                    age_ref=float(cal["age_ref"]), covariates=arrays["voxel_beta"].shape[0] > 1)
+            self.method_ = str(meta.get("method_used", meta["method"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise AnomalyModelError(f"{files.path / METADATA}: inconsistent model folder ({exc})") from None
         self.covariates_ = bool(cal["covariates"])
@@ -458,8 +638,13 @@ class NormativeModel(BaseEstimator):
         self.train_summary_ = meta.get("data", {})
         self.n_train_ = self.train_summary_.get("n_train", 0)
         self.n_calibration_ = self.train_summary_.get("n_calibration", 0)
+        # Folders written before coverage was recorded: compute it now, silently.
+        self.atlas_coverage_ = meta.get("atlas_coverage") or shipped_atlas_coverage(self.grid_)
+        self.self_check_ = meta.get("self_check")
+        self.recalibration_ = meta.get("recalibration")
+        self.qc_reference_, self.qc_dropped_ = _qc_from_metadata(meta, files.path)
         self.network_ = None
-        if self.method == "ae":
+        if self.method in NETWORK_METHODS:
             self._set_network(files, device)
 
     def _set_network(self, files: NormativeFiles, device: str) -> None:
@@ -476,9 +661,41 @@ class NormativeModel(BaseEstimator):
         self.network_ = network.eval().to(self.device_)
 
     def describe(self) -> dict:
-        """Short summary for reports."""
+        """Short summary for reports (atlas coverage is in :attr:`atlas_coverage_`)."""
         self._check_fitted()
-        return {"method": self.method, "modalities": list(self.modalities_),
-                "resolution_mm": float(self.resolution), "grid_shape": list(self.grid_.shape),
-                "n_train": int(self.n_train_), "n_calibration": int(self.n_calibration_),
-                "covariates": bool(self.covariates_), "pet_reference": self.pet_reference}
+        from anomaly.normative.selfcheck import self_check_text
+
+        out = {"method": self.method_, "modalities": list(self.modalities_),
+               "resolution_mm": float(self.resolution), "grid_shape": list(self.grid_.shape),
+               "n_train": int(self.n_train_), "n_calibration": int(self.n_calibration_),
+               "covariates": bool(self.covariates_), "pet_reference": self.pet_reference}
+        if getattr(self, "self_check_", None):
+            out["self_check"] = self_check_text(self.self_check_)
+        if getattr(self, "recalibration_", None):
+            out["recalibrated_on"] = f"{self.recalibration_['n_local_controls']} local controls"
+        return out
+
+
+def shipped_atlas_coverage(grid: Grid) -> dict[str, dict]:
+    """Coverage of every shipped atlas on ``grid`` (:func:`anomaly.atlas.atlases.grid_coverage`)."""
+    from anomaly.atlas.atlases import Atlas, grid_coverage, list_atlases
+
+    return {name: grid_coverage(Atlas.load(name), grid) for name in list_atlases()}
+
+
+def _qc_metadata(model: NormativeModel) -> dict | None:
+    """The controls' QC distribution and dropped controls, for metadata.json (None: no QC)."""
+    reference = getattr(model, "qc_reference_", None)
+    if reference is None:
+        return None
+    return {**reference.to_dict(), "dropped_controls": dict(getattr(model, "qc_dropped_", {}))}
+
+
+def _qc_from_metadata(meta: Mapping[str, Any], path: Path):
+    """(QCReference or None, dropped controls) from metadata.json; None for models without QC."""
+    from anomaly.qc import QCReference
+
+    try:
+        return QCReference.from_dict(meta.get("qc")), dict((meta.get("qc") or {}).get("dropped_controls", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AnomalyModelError(f"{path / METADATA}: unreadable QC reference ({exc})") from None

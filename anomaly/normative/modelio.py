@@ -71,11 +71,12 @@ def read_normative_folder(folder: str | Path) -> NormativeFiles:
     """
     found = read_model_folder(folder, KIND, required=[CALIBRATION])
     method = found.metadata.get("method")
-    if method == "ae":
+    has_network = method in ("ae", "hybrid", "auto")  # anomaly.normative.hybrid.NETWORK_METHODS
+    if has_network:
         found.verify([WEIGHTS])
     calibration = found.tensors(CALIBRATION)
     # torch and MONAI take seconds to import: only autoencoder models need them.
-    weights = found.tensors(WEIGHTS, framework="pt") if method == "ae" else None
+    weights = found.tensors(WEIGHTS, framework="pt") if has_network else None
     return NormativeFiles(metadata=found.metadata, calibration=calibration, weights=weights,
                           path=found.path)
 

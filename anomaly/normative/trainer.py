@@ -33,7 +33,12 @@ from anomaly.normative.distributed import (
     agree_to_stop,
     init_distributed,
 )
-from anomaly.normative.network import coarse_noise, drop_modalities, network_input
+from anomaly.normative.network import (
+    augment_batch,
+    coarse_noise,
+    drop_modalities,
+    network_input,
+)
 
 __all__ = ["CHECKPOINT_NAME", "LOG_NAME", "DistributedContext", "TrainSettings", "TrainingInterrupted",
            "evaluate", "init_distributed", "masked_mse", "train_autoencoder"]
@@ -58,6 +63,7 @@ class TrainSettings:
     noise_coarseness: int = 8
     modality_dropout: float = 0.2
     seed: int = 0
+    augment: float = 0.0
 
 
 def _batch_generator(seed: int, epoch: int, batch: int, rank: int) -> torch.Generator:
@@ -268,6 +274,9 @@ class _Run:
         noise = coarse_noise(images.shape, scale=settings.noise_scale,
                              coarseness=settings.noise_coarseness, generator=g,
                              mask=self.mask_t.cpu()).to(device)
+        # Drawn after the noise: without augmentation the batch is what it always was.
+        images = augment_batch(images.cpu(), strength=settings.augment, generator=g,
+                               mask=self.mask_t.cpu()).to(device)
         recon = self.model(network_input(images + noise, kept))
         loss = masked_mse(recon, images, kept, self.mask_t)
         self.optimizer.zero_grad(set_to_none=True)

@@ -7,13 +7,14 @@ ships, with lesions, global hypometabolism and CRS-R labels whose ground truth l
 Modules, in the order of the data flow: ``config`` (parameters), ``seeds`` (random
 streams), ``checks`` (parameter validation), ``template`` (MNI152 tissue maps and
 atlas), ``simulator`` (template + configuration), ``anatomy`` (deformation, ageing),
-``lesions`` (damage and lesions), ``scanners`` (MRI and PET images), ``labels``
+``variation`` (named presets and scanner sites), ``lesions`` (damage and lesions), ``scanners`` (MRI and PET images), ``labels``
 (CRS-R), ``subject`` (one subject), ``writer`` (files), ``workers`` (running
 subjects), ``cohort`` (the dataset).
 """
 
 from anomaly.simulate.cohort import simulate_cohort
 from anomaly.simulate.config import (
+           ALL_MODALITIES,
            CAUSAL_FAMILIES,
            DISTRACTOR_REGIONS,
            MODALITIES,
@@ -22,15 +23,20 @@ from anomaly.simulate.config import (
 )
 from anomaly.simulate.labels import simulate_labels
 from anomaly.simulate.subject import SimulatedSubject, simulate_subject
+from anomaly.simulate.variation import SITES, VARIATIONS, simulation_config
 
 __all__ = [
+    "ALL_MODALITIES",
     "CAUSAL_FAMILIES",
     "DISTRACTOR_REGIONS",
     "MODALITIES",
+    "SITES",
+    "VARIATIONS",
     "CRSModel",
     "SimulatedSubject",
     "SimulationConfig",
     "simulate_cohort",
     "simulate_labels",
     "simulate_subject",
+    "simulation_config",
 ]

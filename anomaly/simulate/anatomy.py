@@ -14,6 +14,9 @@ Each subject gets
 - ventricle growth: voxels closer than ``0.06 (age - 30)`` mm to the lateral
   ventricles (Neuromorphometrics ``Left/Right_Lateral_Ventricle`` where the template
   is CSF) become CSF, the GM and WM there shrinking in proportion.
+
+The realistic preset (:mod:`anomaly.simulate.variation`) adds a finer displacement
+field, a per-subject ageing rate and cortical thickness variation.
 """
 
 from __future__ import annotations
@@ -52,12 +55,20 @@ def demographics(cfg: SimulationConfig, rng: np.random.Generator) -> tuple[int, 
 def subject_anatomy(sim: Simulator, rng: np.random.Generator, age: int, sex: str) -> Anatomy:
     """Deform the templates and age them (anatomy stream, after :func:`demographics`)."""
     tpl = sim.tpl
+    cfg = sim.config
     warp, labels = _deformation(sim, rng, sex)
     gm = warp(tpl.gm)
     wm = warp(tpl.wm)
     brain = warp(tpl.mask)
     ventricle = warp(tpl.ventricle_mm, mode="nearest")  # only used where brain > 0
-    gm, wm, csf = _age(sim.config, sim.res, age, gm, wm, brain, ventricle)
+    # Realistic variation only: these draws come after the default ones, so that the
+    # default simulator's subjects do not change.
+    rate = math.exp(cfg.atrophy_rate_sd * rng.standard_normal()) if cfg.atrophy_rate_sd > 0 else 1.0
+    if cfg.cortical_thickness_sd > 0:
+        # Thicker or thinner cortex: GM grows into (or gives way to) the CSF around it.
+        thickness = np.exp(sim.on_support(sim.smooth_field(rng, 5, cfg.cortical_thickness_sd)))
+        gm = np.minimum(gm * thickness, np.clip(brain - wm, 0.0, 1.0))
+    gm, wm, csf = _age(cfg, sim.res, age, gm, wm, brain, ventricle, rate)
     return Anatomy(gm=gm, wm=wm, csf=csf, brain=brain, labels=labels)
 
 
@@ -69,6 +80,9 @@ def _deformation(sim: Simulator, rng: np.random.Generator,
     # Displacement in voxels at the support voxels (where it matters).
     rms = cfg.displacement_mm / math.sqrt(3.0) / sim.res  # per component, in voxels
     disp = [sim.on_support(sim.smooth_field(rng, 3, rms)) for _ in range(3)]
+    if cfg.fine_displacement_mm > 0:  # a second, finer scale (realistic variation)
+        fine = cfg.fine_displacement_mm / math.sqrt(3.0) / sim.res
+        disp = [d + sim.on_support(sim.smooth_field(rng, 6, fine)) for d in disp]
     c = sim.centre[:, None]
     src = c + (sim.coords - c) / np.float32(scale) + np.stack(disp)
 
@@ -92,9 +106,13 @@ def _deformation(sim: Simulator, rng: np.random.Generator,
 
 
 def _age(cfg: SimulationConfig, res: float, age: int, gm: np.ndarray, wm: np.ndarray,
-         brain: np.ndarray, ventricle: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """GM atrophy and ventricle growth with age; returns GM, WM and CSF (GM, WM in place)."""
-    years = max(age - cfg.atrophy_onset_age, 0.0)
+         brain: np.ndarray, ventricle: np.ndarray,
+         rate: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GM atrophy and ventricle growth with age; returns GM, WM and CSF (GM, WM in place).
+
+    ``rate`` scales this subject's ageing (1 in the default simulator).
+    """
+    years = max(age - cfg.atrophy_onset_age, 0.0) * rate
     gm *= np.float32(max(1.0 - cfg.gm_atrophy_per_year * years, 0.0))
     csf = np.clip(brain - gm - wm, 0.0, 1.0)
     growth = cfg.ventricle_growth_mm_per_year * years

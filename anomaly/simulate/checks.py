@@ -8,20 +8,20 @@ from collections.abc import Sequence
 import numpy as np
 
 from anomaly.io import AnomalyInputError
-from anomaly.simulate.config import MODALITIES
+from anomaly.simulate.config import ALL_MODALITIES
 
 __all__ = ["check_count", "check_fraction", "check_modalities", "check_resolution", "check_seed"]
 
 
 def check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
-    """Distinct names among :data:`MODALITIES` (a single string counts as one)."""
+    """Distinct names among :data:`ALL_MODALITIES` (a single string counts as one)."""
     if isinstance(modalities, str):
         modalities = (modalities,)
     mods = tuple(modalities)
-    bad = [m for m in mods if m not in MODALITIES]
+    bad = [m for m in mods if m not in ALL_MODALITIES]
     if not mods or bad or len(set(mods)) != len(mods):
         raise AnomalyInputError(
-            f"modalities: expected distinct names among {', '.join(MODALITIES)}, got {list(mods)}"
+            f"modalities: expected distinct names among {', '.join(ALL_MODALITIES)}, got {list(mods)}"
         )
     return mods
 

@@ -14,11 +14,13 @@ from typing import Any
 from anomaly.constants import CRS_MAX, PET
 
 __all__ = [
-    "ATLAS", "CAUSAL_FAMILIES", "DISTRACTOR_REGIONS", "MODALITIES", "CRSModel", "SimulationConfig",
+    "ALL_MODALITIES", "ATLAS", "CAUSAL_FAMILIES", "DISTRACTOR_REGIONS", "MODALITIES", "CRSModel", "SimulationConfig",
 ]
 
-#: Modalities the simulator can write (BIDS suffixes).
+#: Modalities the simulator writes by default (BIDS suffixes).
 MODALITIES: tuple[str, ...] = ("T1w", "FLAIR", PET)
+#: Every modality the simulator can write: the defaults plus T2w and an ADC map.
+ALL_MODALITIES: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "ADC", PET)
 
 #: Atlas whose region names the families below use (shipped with the package).
 ATLAS = "neuromorphometrics"
@@ -149,6 +151,10 @@ class SimulationConfig:
     atrophy_onset_age: float = 30.0
     gm_atrophy_per_year: float = 0.003
     ventricle_growth_mm_per_year: float = 0.06
+    # realistic healthy variation (0 = off; see anomaly.simulate.variation)
+    fine_displacement_mm: float = 0.0
+    atrophy_rate_sd: float = 0.0
+    cortical_thickness_sd: float = 0.0
     # MRI
     t1w_contrast: Mapping[str, float] = field(
         default_factory=lambda: {"gm": 0.65, "wm": 1.0, "csf": 0.2, "lesion": 0.35}
@@ -156,6 +162,14 @@ class SimulationConfig:
     flair_contrast: Mapping[str, float] = field(
         default_factory=lambda: {"gm": 0.82, "wm": 0.68, "csf": 0.1, "lesion": 1.35}
     )
+    t2w_contrast: Mapping[str, float] = field(
+        default_factory=lambda: {"gm": 0.8, "wm": 0.6, "csf": 1.6, "lesion": 1.3}
+    )
+    # ADC in 1e-3 mm^2/s (times mri_gain: 1e-6 mm^2/s); acute lesions restrict diffusion.
+    adc_contrast: Mapping[str, float] = field(
+        default_factory=lambda: {"gm": 0.8, "wm": 0.7, "csf": 3.0, "lesion": 0.45}
+    )
+    contrast_sd: float = 0.0
     mri_fwhm_mm: float = 1.0
     bias_rms: float = 0.05
     mri_gain: float = 1000.0
@@ -177,6 +191,8 @@ class SimulationConfig:
     )
     pet_physiological_rms: float = 0.06
     pet_fwhm_mm: float = 6.0
+    pet_fwhm_range: tuple[float, float] | None = None
+    pet_regional_sd: float = 0.0
     pet_unit: float = 2.0
     pet_scale_range: tuple[float, float] = (0.7, 1.3)
     pet_noise: float = 0.05
@@ -204,7 +220,13 @@ class SimulationConfig:
     max_distractors: int = 2
     # ground truth
     mask_threshold: float = 0.10
+    # names of the preset and scanner site this configuration came from (records only)
+    variation: str = "default"
+    site: str = ""
     crs: CRSModel = field(default_factory=CRSModel)
+    # space of the written images: "mni", or "native" (a scanner pose, voxel size and warp
+    # per subject, see anomaly.simulate.native)
+    space: str = "mni"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON representation (for ``simulation.json``)."""

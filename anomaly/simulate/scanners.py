@@ -1,6 +1,6 @@
 """Images of one subject: tissue contrast, PET uptake and the scanner models.
 
-**MRI** (T1w and FLAIR). Intensity is a tissue mixture: T1w GM/WM/CSF = 0.65/1.0/0.2,
+**MRI** (T1w, FLAIR, T2w, ADC). Intensity is a tissue mixture: T1w GM/WM/CSF = 0.65/1.0/0.2,
 FLAIR 0.82/0.68/0.1. A structural lesion replaces a fraction ``w`` (0..1, smooth
 blob) of the parenchyma (GM + WM) with lesion tissue (T1w 0.35: hypointense; FLAIR
 1.35: hyperintense). Then a Gaussian blur of 1 mm FWHM (scanner resolution), a smooth
@@ -26,6 +26,14 @@ cerebrum and 0 in the cerebellum, which therefore stays a valid SUVR reference
 region; by ``1 - 0.7 s`` over the regions of a family (or distractor) of severity
 ``s`` (the log-factor smoothed with 8 mm FWHM, so that the drop fades at the edges);
 and by ``1 - 0.8 w`` where a structural lesion of weight ``w`` lies.
+
+**T2w and ADC.** T2w GM/WM/CSF/lesion = 0.8/0.6/1.6/1.3 (lesions hyperintense); the
+ADC map holds 0.8/0.7/3.0 x 1e-3 mm^2/s with acute lesions at 0.45 (restricted
+diffusion: lower), quantitative (no bias field, fixed gain of 1000: 1e-6 mm^2/s).
+
+**Realistic variation** (:mod:`anomaly.simulate.variation`): per-subject grey-matter
+contrast, PET regional physiology shared by left and right homologues, and a PET
+point-spread function drawn per subject (``pet_fwhm_range``).
 
 Each modality returns a :class:`Scan`: the noise-free image, its damage-free variants
 (for the ground-truth masks and twins) and the scanner that turns any of them into
@@ -82,7 +90,7 @@ def _render_mri(sim: Simulator, rng: np.random.Generator, modality: str, anat: A
                 damage: Damage, variants: bool) -> Scan:
     """T1w or FLAIR: contrast, blur, then bias, gain and Rician noise (draws in this order)."""
     cfg = sim.config
-    contrast = cfg.t1w_contrast if modality == "T1w" else cfg.flair_contrast
+    contrast = _contrast(cfg, modality)
     bias = np.exp(sim.smooth_field(rng, 3, cfg.bias_rms))
     gain = cfg.mri_gain * math.exp(cfg.mri_gain_sd * rng.standard_normal())
     snr = rng.uniform(*cfg.snr_range)
@@ -90,6 +98,12 @@ def _render_mri(sim: Simulator, rng: np.random.Generator, modality: str, anat: A
     sigma = gain * max(contrast["gm"], contrast["wm"]) / snr
     n1 = rng.standard_normal(sim.tpl.shape, dtype=np.float32)
     n2 = rng.standard_normal(sim.tpl.shape, dtype=np.float32)
+    if modality == "ADC":  # quantitative map: no bias field, no scanner gain
+        bias = np.ones_like(bias)
+        gain = cfg.mri_gain
+        sigma = gain * max(contrast["gm"], contrast["wm"]) / snr
+    if cfg.contrast_sd > 0:  # grey/white contrast of this subject (realistic variation)
+        contrast = {**contrast, "gm": contrast["gm"] * math.exp(cfg.contrast_sd * rng.standard_normal())}
     w = damage.weight
     clean = sim.blur(sim.to_box(mri_contrast(anat, contrast, w)), sim.mri_sigma)
     twins = {}
@@ -102,6 +116,12 @@ def _render_mri(sim: Simulator, rng: np.random.Generator, modality: str, anat: A
         twins = {"healthy": healthy, "global": healthy}
     finish = partial(_mri_scanner, sim, bias, gain, sigma, n1, n2)
     return Scan(clean, twins, float(gain), finish)
+
+
+def _contrast(cfg, modality: str) -> Mapping[str, float]:
+    """Tissue intensities of an MRI modality."""
+    return {"T1w": cfg.t1w_contrast, "FLAIR": cfg.flair_contrast, "T2w": cfg.t2w_contrast,
+            "ADC": cfg.adc_contrast}[modality]
 
 
 def _mri_scanner(sim: Simulator, bias: np.ndarray, gain: float, sigma: float, n1: np.ndarray,
@@ -161,12 +181,13 @@ def _render_pet(sim: Simulator, rng: np.random.Generator, anat: Anatomy, damage:
     """FDG PET: uptake, point-spread function, then scale and noise (draws in this order)."""
     cfg = sim.config
     physiology = np.exp(sim.on_support(sim.smooth_field(rng, 4, cfg.pet_physiological_rms)))
+    physiology, psf_sigma = _pet_subject_extras(sim, rng, anat, physiology)
 
     def image(g: float, focal: bool) -> np.ndarray:
         act = pet_activity(sim, anat, physiology, g, damage.families if focal else {},
                            damage.distractors if focal else [],
                            damage.weight if focal else None)
-        return sim.blur(sim.to_box(act), sim.pet_sigma)
+        return sim.blur(sim.to_box(act), psf_sigma)
 
     clean = image(damage.g, True)
     twins = {}
@@ -181,6 +202,25 @@ def _render_pet(sim: Simulator, rng: np.random.Generator, anat: Anatomy, damage:
     noise = ndimage.gaussian_filter(noise, sim.noise_sigma, truncate=3.0, mode="wrap")
     noise *= np.float32(cfg.pet_noise / sim.noise_gain)
     return Scan(clean, twins, float(scale), partial(_pet_scanner, sim, scale, noise))
+
+
+def _pet_subject_extras(sim: Simulator, rng: np.random.Generator, anat: Anatomy,
+                        physiology: np.ndarray) -> tuple[np.ndarray, float]:
+    """Regional physiology and per-subject resolution of the realistic variation.
+
+    Draws nothing in the default simulator (its subjects stay the same): left and right
+    homologues share most of their factor (``0.8 shared + 0.6 own`` in SD units).
+    """
+    cfg = sim.config
+    if cfg.pet_regional_sd > 0:
+        shared = rng.standard_normal(sim.n_region_pairs)
+        own = rng.standard_normal(sim.regional.size)
+        log_factor = cfg.pet_regional_sd * (0.8 * shared[sim.region_pair] + 0.6 * own)
+        physiology = physiology * np.exp(log_factor.astype(np.float32))[anat.labels]
+    sigma = sim.pet_sigma
+    if cfg.pet_fwhm_range is not None:
+        sigma = sim.pet_blur_sigma(rng.uniform(*cfg.pet_fwhm_range))
+    return physiology, sigma
 
 
 def _pet_scanner(sim: Simulator, scale: float, noise: np.ndarray, box: np.ndarray) -> np.ndarray:

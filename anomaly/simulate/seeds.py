@@ -20,7 +20,7 @@ GROUP_CODES = {"control": 0, "patient": 1}
 #: Cohort-level spawn key for the choice of missing modalities.
 MISSING_STREAM = 2
 # Sub-streams of a subject's SeedSequence: adding one never shifts the others.
-_STREAM = {"anatomy": 0, "damage": 1, "label": 2, "T1w": 3, "FLAIR": 4, PET: 5}
+_STREAM = {"anatomy": 0, "damage": 1, "label": 2, "T1w": 3, "FLAIR": 4, PET: 5, "T2w": 6, "ADC": 7}
 
 
 def stream(ss: np.random.SeedSequence, name: str) -> np.random.Generator:

@@ -54,7 +54,7 @@ class Simulator:
         Restricting the per-subject interpolation to them is the main saving in time.
         """
         cfg, tpl = self.config, self.tpl
-        reach = 4.0 * cfg.displacement_mm + 80.0 * (
+        reach = 4.0 * (cfg.displacement_mm + cfg.fine_displacement_mm) + 80.0 * (
             3.0 * cfg.scale_sd + abs(cfg.male_scale - 1.0)
         )
         self.support = np.flatnonzero(tpl.outside_mm.ravel() <= reach + self.res)
@@ -85,6 +85,12 @@ class Simulator:
         self.family_index = {
             fam: np.array([names[r] for r in regions]) for fam, regions in CAUSAL_FAMILIES.items()
         }
+        # Left and right homologues share a region pair (correlated regional physiology).
+        pair_names = sorted({re.sub(r"^(Left|Right)_", "", name) for name in names})
+        self.region_pair = np.zeros(n_lut, np.int64)
+        for name, index in names.items():
+            self.region_pair[index] = pair_names.index(re.sub(r"^(Left|Right)_", "", name))
+        self.n_region_pairs = len(pair_names)
 
     def _init_blurs(self) -> None:
         """Gaussian blurs in voxel units, and the SD of blurred unit white noise."""
@@ -98,6 +104,10 @@ class Simulator:
         delta[8, 8, 8] = 1.0
         kernel = ndimage.gaussian_filter(delta, self.noise_sigma, truncate=3.0)
         self.noise_gain = float(np.sqrt(np.sum(kernel.astype(np.float64) ** 2)))
+
+    def pet_blur_sigma(self, fwhm_mm: float) -> float:
+        """Gaussian SD in voxels of a PET point-spread function of ``fwhm_mm``."""
+        return fwhm_mm * _FWHM_TO_SIGMA / self.res
 
     def smooth_field(self, rng: np.random.Generator, order: int, rms: float) -> np.ndarray:
         """Random smooth field on the box with RMS ``rms`` over the brain.

@@ -52,7 +52,7 @@ def _run_task(task: Task) -> dict[str, Any]:
     sim, root = _WORKER["sim"], _WORKER["root"]
     ss = subject_seed(_WORKER["seed"], task.group, task.index)
     subject = simulate_from_seed(sim, ss, task.group, label_noise_sd=_WORKER["label_noise_sd"])
-    write_subject(root, task.label, subject, task.missing)
+    write_subject(root, task.label, subject, task.missing, sim.config)
     return truth_row(task.label, subject, task.missing, sim.config)
 
 

@@ -46,8 +46,37 @@ def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
 
 
 def write_subject(root: Path, label: str, subject: SimulatedSubject,
-                  missing: Sequence[str]) -> None:
-    """Images of ``sub-<label>`` (less the ``missing`` modalities) and its truth masks."""
+                  missing: Sequence[str], config: SimulationConfig | None = None) -> None:
+    """Images of ``sub-<label>`` (less the ``missing`` modalities) and its truth masks.
+
+    With ``config.space == "native"`` the images go through
+    :func:`anomaly.simulate.native.write_native_subject` (MNI-space truth masks too).
+    """
+    if config is not None and config.space == "native":
+        _write_native(root, label, subject, missing)
+    else:
+        _write_mni_images(root, label, subject, missing)
+    if subject.lesion_mask is not None:
+        truth_dir = root.joinpath(*_TRUTH_FOLDER, f"sub-{label}")
+        for desc, mask in (("lesion", subject.lesion_mask), ("focal", subject.focal_mask)):
+            path = truth_dir / f"sub-{label}_desc-{desc}_mask.nii.gz"
+            save_image(_nifti(mask.astype(np.uint8), subject.affine), path)
+
+
+def _write_native(root: Path, label: str, subject: SimulatedSubject, missing: Sequence[str]) -> None:
+    """The subject's images in a scanner space of their own (see :mod:`anomaly.simulate.native`)."""
+    from anomaly.simulate.native import write_native_subject
+    from anomaly.simulate.template import load_template
+
+    template = load_template(float(abs(subject.affine[0, 0])))
+    brain = np.zeros(template.shape, dtype=bool)
+    brain[template.box] = template.mask > 0.5
+    masks = {} if subject.lesion_mask is None else {"lesion": subject.lesion_mask, "focal": subject.focal_mask}
+    write_native_subject(root, label, subject.images, subject.affine, brain, masks, subject.gains, missing)
+
+
+def _write_mni_images(root: Path, label: str, subject: SimulatedSubject, missing: Sequence[str]) -> None:
+    """The subject's images on the MNI grid."""
     for modality, data in subject.images.items():
         if modality in missing:
             continue
@@ -56,11 +85,6 @@ def write_subject(root: Path, label: str, subject: SimulatedSubject,
         data = data if modality == PET else data.astype(np.int16)
         path = root / f"sub-{label}" / folder / f"sub-{label}_{modality}.nii.gz"
         save_image(_nifti(data, subject.affine), path)
-    if subject.lesion_mask is not None:
-        truth_dir = root.joinpath(*_TRUTH_FOLDER, f"sub-{label}")
-        for desc, mask in (("lesion", subject.lesion_mask), ("focal", subject.focal_mask)):
-            path = truth_dir / f"sub-{label}_desc-{desc}_mask.nii.gz"
-            save_image(_nifti(mask.astype(np.uint8), subject.affine), path)
 
 
 def truth_row(label: str, subject: SimulatedSubject, missing: Sequence[str],

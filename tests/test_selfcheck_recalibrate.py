@@ -1,0 +1,137 @@
+"""Hybrid method, modality rules, augmentation, the self-check and local recalibration (issue 12)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from anomaly.cli import main
+from anomaly.io import find_subjects
+from anomaly.normative import NormativeModel, combine_anomaly
+from anomaly.normative.calibration import standardise
+from anomaly.normative.modelio import WEIGHTS, sha256
+from anomaly.normative.recalibrate import recalibrate
+from anomaly.normative.selfcheck import best_method, inject_lesions
+
+
+def test_stouffer_and_max_do_not_dilute_a_single_modality_lesion():
+    mask = np.ones((2, 1, 1), bool)
+    z = np.zeros((3, 2, 1, 1), np.float32)
+    z[2, 0] = -4.0  # a PET-only lesion in voxel 0
+    present = np.ones(3, bool)
+    mods = ["T1w", "FLAIR", "pet"]
+    assert combine_anomaly(z, present, mods, mask, rule="mean")[0, 0, 0] == pytest.approx(4 / 3)
+    assert combine_anomaly(z, present, mods, mask, rule="stouffer")[0, 0, 0] == pytest.approx(4 / np.sqrt(3))
+    assert combine_anomaly(z, present, mods, mask)[0, 0, 0] == pytest.approx(4.0)  # default: max
+    with pytest.raises(ValueError, match="rule"):
+        combine_anomaly(z, present, mods, mask, rule="median")
+
+
+def test_injected_lesions_are_reproducible_and_go_the_lesion_way():
+    mask = np.zeros((20, 20, 20), bool)
+    mask[2:18, 2:18, 2:18] = True
+    data = np.ones((3, 20, 20, 20), np.float32)
+    present = np.ones(3, bool)
+    mods = ["T1w", "FLAIR", "pet"]
+    a, truth, recs = inject_lesions(data, present, mods, mask, 2.0, np.random.default_rng(3))
+    b, truth_b, _ = inject_lesions(data, present, mods, mask, 2.0, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(truth, truth_b)
+    assert truth.any() and not (truth & ~mask).any()
+    assert {r["kind"] for r in recs} == {"pet", "structural"}
+    assert a[2][truth].mean() < 0.9  # PET lower
+    assert a[0][truth].mean() < 1.0 < a[1][truth].mean()  # T1w lower, FLAIR higher
+    np.testing.assert_array_equal(data, 1.0)  # the input is not modified
+
+
+def test_self_check_finds_injected_lesions_and_is_written(ae_model_dir):
+    meta = json.loads((ae_model_dir / "metadata.json").read_text())
+    table = meta["self_check"]
+    assert table["n_subjects"] >= 3
+    assert set(table["methods"]) == {"ae", "zscore", "hybrid"}
+    for method, row in table["methods"].items():
+        assert row["auroc"] > 0.8, (method, row)
+        assert row["auprc"] > 5 * table["prevalence"], (method, row)
+    assert best_method(table) in table["methods"]
+    assert best_method({"methods": {"ae": {"auprc": 0.2}, "zscore": {"auprc": 0.3}}}) == "zscore"
+
+
+def test_hybrid_map_is_the_mean_of_its_components(ae_model_dir, sim_cohort):
+    model = NormativeModel.load(ae_model_dir)
+    subject = find_subjects(sim_cohort, group="patient")[0]
+    prep = model.preprocess(subject.images)
+    std = standardise(prep.data, prep.present, model.channel_mean_, model.channel_std_, model.mask_)
+    z = model.component_z(std, prep.present, subject.age, subject.sex)
+    np.testing.assert_allclose(z["hybrid"], 0.5 * (z["ae"] + z["zscore"]), atol=1e-6)
+    assert not np.allclose(z["ae"], z["zscore"])
+    # The ae model's transform is its ae component.
+    np.testing.assert_allclose(model.transform(prep, age=subject.age, sex=subject.sex).z, z["ae"], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def local_site(tmp_path_factory):
+    """Four controls and one patient on another scanner site (b) than the fixture cohort."""
+    from anomaly.simulate import simulate_cohort, simulation_config
+
+    return simulate_cohort(tmp_path_factory.mktemp("site") / "bids", n_healthy=4, n_patients=1, seed=11,
+                           resolution=4.0, missing_fraction=0.0, progress=False,
+                           config=simulation_config(site="b"))
+
+
+def test_recalibration_changes_z_statistics_and_not_the_weights(ae_model_dir, local_site, tmp_path):
+    model = NormativeModel.load(ae_model_dir)
+    before = {k: v.clone() for k, v in model.network_.state_dict().items()}
+    new = recalibrate(model, find_subjects(local_site, group="control"))
+    for old_cal, new_cal in ((model.calibration_, new.calibration_),
+                             (model.voxel_calibration_, new.voxel_calibration_)):
+        assert not np.allclose(old_cal.beta[0], new_cal.beta[0])
+        assert not np.allclose(old_cal.sd, new_cal.sd)
+        np.testing.assert_array_equal(old_cal.beta[1:], new_cal.beta[1:])  # slopes kept
+    for key, value in new.network_.state_dict().items():
+        assert (value == before[key]).all()
+    np.testing.assert_array_equal(new.channel_mean_, model.channel_mean_)
+    # The site's systematic offset is gone: the local controls' voxelwise mean z shrinks.
+    def site_offset(m):
+        zs = [m.transform(s.images, age=s.age, sex=s.sex).z[:, m.mask_]
+              for s in find_subjects(local_site, group="control")]
+        return float(np.nanmean(np.abs(np.nanmean(zs, axis=0))))
+
+    assert site_offset(new) < 0.7 * site_offset(model)
+
+
+def test_calibrate_command_writes_a_new_folder_and_never_the_input(ae_model_dir, local_site, tmp_path, capsys):
+    out = tmp_path / "recal"
+    before = sha256(ae_model_dir / "metadata.json")
+    assert main(["calibrate", str(ae_model_dir), str(local_site), "--out", str(out), "--quiet"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["recalibration"]["n_local_controls"] == 4
+    assert sha256(out / WEIGHTS) == sha256(ae_model_dir / WEIGHTS)
+    assert NormativeModel.load(out).method_ == "ae"
+    assert main(["calibrate", str(ae_model_dir), str(local_site), "--out", str(ae_model_dir)]) == 2
+    assert sha256(ae_model_dir / "metadata.json") == before
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_augmentation_is_reproducible_from_the_seed_and_off_by_default():
+    import torch
+
+    from anomaly.normative.network import augment_batch
+
+    images = torch.randn(2, 3, 12, 12, 12, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(12, 12, 12)
+    mask[2:10, 2:10, 2:10] = 1
+
+    def run(seed):
+        return augment_batch(images, strength=1.0, generator=torch.Generator().manual_seed(seed), mask=mask)
+
+    assert torch.equal(run(4), run(4))
+    assert not torch.equal(run(4), run(5))
+    assert float((run(4) - images)[..., mask == 1].abs().mean()) > 0.2  # it does change the batch
+    assert (run(4)[..., mask == 0] == 0).all()
+    untouched = torch.Generator().manual_seed(4)
+    assert augment_batch(images, strength=0.0, generator=untouched, mask=mask) is images
+    assert torch.equal(untouched.get_state(), torch.Generator().manual_seed(4).get_state())  # nothing drawn
+    assert NormativeModel().augment == 0.0
