@@ -8,6 +8,8 @@ own time and memory):
 2. ``scoring``    scoring speed against its lower bound
 3. ``training``   autoencoder training time and peak memory vs cohort size
 4. ``crs``        CRS-R regressor table (+ predicted-vs-true scatter)
+5. ``prepare``    ``anomaly prepare`` on native-space subjects: mask Dice, landmark and lesion
+   errors, detection after registration, seconds per subject
 
 Each writes its results as JSON (``OUT/<name>.json``, with its targets, which
 :mod:`benchmarks._targets` defines); this script reads those files, renders each with
@@ -52,11 +54,12 @@ from pathlib import Path
 from benchmarks._common import ROOT, cpu_model, fmt_met, load_average, usable_cores
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("detection", "scoring", "training", "crs")
+STEPS = ("detection", "scoring", "training", "crs", "prepare")
 TITLES = {"detection": "Voxel detection: autoencoder vs z-score",
           "scoring": "Scoring speed",
           "training": "Training time and peak memory vs cohort size",
-          "crs": "CRS-R regressor"}
+          "crs": "CRS-R regressor",
+          "prepare": "Native-space input: anomaly prepare"}
 
 
 @dataclass
@@ -139,12 +142,13 @@ def commands(quick: bool, out: Path, work: Path) -> dict[str, list[str]]:
         # The synthetic tables' CRS-R is set by PET z: all columns, as in the README table.
         "crs": module("crs", *q, "--features", "all", "--global-features", "all", "--jobs", "2",
                       "--figure", str(out / "crs_scatter.png")),
+        "prepare": module("prepare", *q),
     }
 
 
 # files a step writes into the report folder: removed before it runs, so that none is left from an earlier run
 OUTPUTS = {"detection": ("detection.json", "detection_pr.png"), "scoring": ("scoring.json",),
-           "training": ("training.json",), "crs": ("crs.json", "crs_scatter.png")}
+           "training": ("training.json",), "crs": ("crs.json", "crs_scatter.png"), "prepare": ("prepare.json",)}
 # what the report says under each benchmark's figure
 FIGURES = {
     "detection": ("detection_pr.png", "Precision-recall curves of the focal lesions (pooled evaluated voxels of all "
@@ -157,7 +161,8 @@ FIGURES = {
 # the part of each benchmark's JSON kept in summary.json (the rest is in OUT/<name>.json)
 SUMMARY_KEYS = {"detection": ("settings", "results"), "scoring": ("rows", "writes", "grid"),
                 "training": ("settings", "rows"),
-                "crs": ("settings", "source", "n", "cv", "noise_floor", "loc_corr", "targets")}
+                "crs": ("settings", "source", "n", "cv", "noise_floor", "loc_corr", "targets"),
+                "prepare": ("settings", "rows", "auprc", "targets")}
 
 
 def execute(step: Step, logs: Path, timeout: float | None) -> tuple[str, str]:

@@ -22,14 +22,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "anomaly"
 
 #: Stage of every top-level part of the package (data flow from low to high).
 LAYERS = {
-    "__init__": 0, "__main__": 8, "constants": 0,
+    "__init__": 0, "__main__": 9, "constants": 0,
     "io": 1,
     "preprocess": 2,
-    "atlas": 3,
-    "normative": 4, "simulate": 4,
-    "crs": 5,
-    "report": 6,
-    "cli": 7,
+    "atlas": 3, "registration": 3,
+    "qc": 4,
+    "normative": 5, "simulate": 5,
+    "crs": 6,
+    "report": 7,
+    "cli": 8,
 }
 
 

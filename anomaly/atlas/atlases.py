@@ -32,7 +32,7 @@ from anomaly.io import AnomalyInputError, check_columns, load_image, read_map, r
 
 from anomaly.preprocess import Grid, resample_image
 
-__all__ = ["DEFAULT_ATLAS", "Atlas", "atlas_dir", "list_atlases"]
+__all__ = ["DEFAULT_ATLAS", "Atlas", "atlas_dir", "grid_coverage", "list_atlases"]
 
 DEFAULT_ATLAS = "neuromorphometrics"
 
@@ -609,6 +609,34 @@ class Atlas:
                 f"{', '.join(map(str, unknown[:10]))}"
             )
         return paint_regions(self._data, self.image.affine, dict(items))
+
+
+def grid_coverage(atlas: Atlas, target: Grid | nib.spatialimages.SpatialImage | PathLike) -> dict:
+    """Which regions of ``atlas`` keep a voxel after nearest-neighbour resampling to ``target``.
+
+    Coverage is a property of the grid (and the atlas), not of a subject: a normative
+    model records it once when it is fitted, so that scoring need not repeat it.
+
+    Parameters
+    ----------
+    atlas : Atlas
+        The atlas at its own resolution.
+    target : Grid, nibabel image or path
+        The grid to resample to (for an image: its affine and 3D shape).
+
+    Returns
+    -------
+    dict
+        ``atlas`` (name), ``n_regions`` (in the atlas), ``n_kept`` (with at least one
+        voxel on the grid) and ``lost``: ``[index, name]`` of each region left without
+        a voxel, in index order.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the lost regions are what this returns
+        kept = atlas.resample_to(target).labels["index"]
+    lost = atlas.labels[~atlas.labels["index"].isin(kept)]
+    return {"atlas": atlas.name, "n_regions": int(len(atlas.labels)), "n_kept": int(len(kept)),
+            "lost": [[int(i), str(n)] for i, n in zip(lost["index"], lost["name"])]}
 
 
 def _target_geometry(

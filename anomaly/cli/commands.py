@@ -15,12 +15,18 @@ from anomaly.cli.status import EXIT_OK
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """``anomaly simulate``: a simulated BIDS cohort with ground truth."""
-    from anomaly.simulate import simulate_cohort
+    from anomaly.simulate import MODALITIES, simulate_cohort, simulation_config
 
+    config = simulation_config(args.variation, site=args.site)
+    if args.space != "mni":
+        from dataclasses import replace
+
+        config = replace(config, space=args.space)
     out = simulate_cohort(args.out_dir, n_healthy=args.healthy, n_patients=args.patients, seed=args.seed,
                           resolution=args.resolution, label_noise_sd=args.label_noise,
                           missing_fraction=args.missing_fraction, n_jobs=args.jobs,
-                          progress=not args.quiet)
+                          progress=not args.quiet, config=config,
+                          modalities=args.modalities or MODALITIES)
     print(f"simulated {args.healthy} controls and {args.patients} patients in {out}")
     return EXIT_OK
 
@@ -50,8 +56,14 @@ def cmd_fit_normative(args: argparse.Namespace) -> int:
 
         plot_loss_curve(out / "training_log.csv", out / "loss_curve.png")
     (out / "checkpoint.pt").unlink(missing_ok=True)
-    print(f"wrote {args.method} model ({', '.join(model.modalities_)}; "
+    chosen = f"{args.method} -> {model.method_}" if model.method_ != args.method else args.method
+    print(f"wrote {chosen} model ({', '.join(model.modalities_)}; "
           f"{model.n_train_} training / {model.n_calibration_} calibration controls) to {out}")
+    from anomaly.cli.scorer import coverage_text
+
+    # Said once here and recorded in the model (reports list it); score does not repeat it.
+    for name, coverage in model.atlas_coverage_.items():
+        print(f"atlas {name}: {coverage_text(coverage, model.grid_.resolution)}")
     return EXIT_OK
 
 
@@ -61,20 +73,37 @@ def _fit_normative_model(args: argparse.Namespace, subjects, out):
     model = NormativeModel(args.method, modalities=args.modalities, resolution=args.resolution,
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            val_fraction=args.val_fraction, pet_reference=args.pet_reference,
-                           seed=args.seed, device=args.device)
-    return model.fit(subjects, workdir=out, resume=args.resume, progress=not args.quiet,
-                     num_workers=args.workers, keep_cache=args.keep_cache)
+                           seed=args.seed, device=args.device, augment=args.augment,
+                           lesion_directions=dict(args.lesion_direction) if args.lesion_direction else None)
+    model.fit(subjects, workdir=out, resume=args.resume, progress=not args.quiet,
+              num_workers=args.workers, keep_cache=args.keep_cache, drop_qc_outliers=args.drop_qc_outliers)
+    for reason in model.qc_dropped_.values():
+        print(f"dropped control (QC outlier): {reason}")
+    return model
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     """``anomaly score``: see :func:`anomaly.cli.score.score_command`."""
     from anomaly.cli.score import score_command
 
+    if args.prepare:
+        from anomaly.cli.prepare import prepare_score_inputs
+
+        args.inputs = prepare_score_inputs(args)
     return score_command(
         args.inputs, model_dir=args.model, out_dir=args.out, atlases=args.atlas,
         participant_labels=args.participant_label, modalities=args.modality, subject=args.subject,
         age=args.age, sex=args.sex, group=args.group, shard=args.shard, crs_model=args.crs_model,
-        figures=not args.no_figures, device=args.device, progress=not args.quiet)
+        figures=not args.no_figures, device=args.device, progress=not args.quiet, n_jobs=args.jobs,
+        strict=args.strict, force=args.force, native_maps=args.native_maps)
+
+
+def cmd_qc(args: argparse.Namespace) -> int:
+    """``anomaly qc``: see :func:`anomaly.cli.qc.qc_command`."""
+    from anomaly.cli.qc import qc_command
+
+    return qc_command(args.bids_dir, model_dir=args.model, out_dir=args.out,
+                      participant_labels=args.participant_label, group=args.group, progress=not args.quiet)
 
 
 def cmd_fit_crs(args: argparse.Namespace) -> int:
@@ -106,6 +135,22 @@ def cmd_group(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``anomaly calibrate``: see :func:`anomaly.cli.calibrate.calibrate_command`."""
+    from anomaly.cli.calibrate import calibrate_command
+
+    return calibrate_command(args)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """``anomaly prepare``: see :mod:`anomaly.cli.prepare`."""
+    from anomaly.cli.prepare import cmd_prepare as run
+
+    return run(args)
+
+
 #: The pipeline's commands, in the order a study runs them (``anomaly demo`` adds itself).
-PIPELINE = {"simulate": cmd_simulate, "fit-normative": cmd_fit_normative, "score": cmd_score,
-            "fit-crs": cmd_fit_crs, "predict": cmd_predict, "group": cmd_group}
+PIPELINE = {"simulate": cmd_simulate, "prepare": cmd_prepare, "fit-normative": cmd_fit_normative, "qc": cmd_qc,
+            "score": cmd_score,
+            "fit-crs": cmd_fit_crs, "predict": cmd_predict, "group": cmd_group,
+            "calibrate": cmd_calibrate}

@@ -5,7 +5,7 @@ command functions, :data:`anomaly.cli.commands.PIPELINE`, in-process), and print
 command line before it runs, so that it doubles as a tutorial:
 
 1. ``anomaly simulate``       a cohort of controls and coma patients with ground truth
-2. ``anomaly fit-normative``  the denoising autoencoder on the controls
+2. ``anomaly fit-normative``  the default (hybrid) normative model on the controls
 3. ``anomaly score``          anomaly maps, region tables, figures and reports
 4. ``anomaly fit-crs``        the CRS-R regressor, cross-validated against baselines
 5. ``anomaly predict``        CRS-R estimates with intervals and explanation maps
@@ -104,7 +104,7 @@ def run_demo(out: str | Path = "anomaly_demo", *, quick: bool = False, seed: int
     res = f"{size.resolution:g}"
     _run(["simulate", str(bids), "--healthy", str(size.healthy), "--patients", str(size.patients),
           "--resolution", res, "--seed", str(seed), "--jobs", "2"], log, progress, debug)
-    _run(["fit-normative", str(bids), "--out", str(model), "--method", "ae", "--resolution", res,
+    _run(["fit-normative", str(bids), "--out", str(model), "--resolution", res,
           "--epochs", str(size.epochs), "--seed", str(seed), "--device", "auto"], log, progress, debug)
     _run(["score", str(bids), "--model", str(model), "--out", str(scores)], log, progress, debug)
     _run(["fit-crs", str(scores), "--participants", str(participants), "--out", str(crs_model),

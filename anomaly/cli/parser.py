@@ -45,6 +45,20 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _age(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 120.0:  # anomaly.qc.AGE_LIMITS (not imported: --help stays instant)
+        raise argparse.ArgumentTypeError(f"expected an age in years between 0 and 120; got {text}")
+    return value
+
+
+def _lesion_direction(text: str) -> tuple[str, str]:
+    modality, _, direction = text.partition("=")
+    if not modality or direction not in ("lower", "higher", "both"):
+        raise argparse.ArgumentTypeError(f"expected MOD=lower|higher|both such as FA=lower; got {text!r}")
+    return modality, direction
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in text.split("/"))
@@ -69,6 +83,19 @@ def _add_simulate(sub, common) -> None:
     p.add_argument("--missing-fraction", type=float, default=0.1,
                    help="fraction of patients missing one modality (default 0.1)")
     p.add_argument("--jobs", type=_positive_int, default=1, help="worker processes (default 1)")
+    p.add_argument("--variation", choices=("default", "realistic"), default="default",
+                   help="healthy variation: default (smooth 2 mm warps) or realistic (3-8 mm multi-scale "
+                        "warps, variable atrophy and cortex, bias, regional PET physiology, PET 4-9 mm)")
+    p.add_argument("--site", choices=("a", "b", "c"),
+                   help="scanner profile (resolution, noise, contrast, bias); simulate controls on one site "
+                        "and patients on another for a site shift (default: in-domain mixture)")
+    p.add_argument("--modalities", nargs="+", metavar="M",
+                   help="modalities to write among T1w T2w FLAIR ADC pet (default T1w FLAIR pet)")
+    p.add_argument("--space", choices=("mni", "native"), default="mni",
+                   help="mni (default): images on the MNI152 grid; native: each subject as off a scanner "
+                        "(random pose within 12 degrees and 20 mm, head scale 0.94-1.06, smooth warp, "
+                        "1x1x1.3 mm MRI and 2.5 mm PET voxels at 2 mm), truth in both spaces; run "
+                        "'anomaly prepare' on it")
 
 
 def _add_fit_normative(sub, common) -> None:
@@ -76,8 +103,11 @@ def _add_fit_normative(sub, common) -> None:
                        description="Fit a normative model on the participants whose group is 'control'.")
     p.add_argument("bids_dir", type=Path, help="BIDS dataset with participants.tsv")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
-    p.add_argument("--method", choices=("ae", "zscore"), default="ae",
-                   help="denoising autoencoder (default) or voxelwise z-score model")
+    p.add_argument("--method", choices=("hybrid", "ae", "zscore", "auto"), default="hybrid",
+                   help="hybrid (default: per-voxel mean of the autoencoder's and the voxelwise model's z "
+                        "maps), ae (denoising autoencoder), zscore (voxelwise z-score model) or auto (fit "
+                        "the hybrid model, use whichever of ae, zscore and hybrid wins the self-check on "
+                        "held-out controls with injected lesions)")
     p.add_argument("--modalities", nargs="+", metavar="M",
                    help="BIDS suffixes to model (default: all that every control has)")
     p.add_argument("--resolution", type=_resolution, default=2.0, help="model grid voxel size in mm (default 2)")
@@ -86,6 +116,9 @@ def _add_fit_normative(sub, common) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     p.add_argument("--val-fraction", type=_fraction, default=0.2,
                    help="controls held out for validation and calibration (default 0.2)")
+    p.add_argument("--augment", type=float, default=0.0, metavar="S",
+                   help="strength of the autoencoder's training augmentation (smooth warps, bias field, "
+                        "contrast; reproducible from --seed); 0 = off (default), 1 = about 4 mm warps")
     p.add_argument("--pet-reference", choices=("cerebellum", "brainstem", "global"), default="cerebellum",
                    help="PET SUVR reference region (default cerebellum)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -93,6 +126,13 @@ def _add_fit_normative(sub, common) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training in --out")
     p.add_argument("--keep-cache", action="store_true", help="keep preprocessed arrays in --out/cache")
+    p.add_argument("--drop-qc-outliers", action="store_true",
+                   help="leave out (and list) the controls that quality control finds to be clear outliers "
+                        "against the others, instead of refusing to fit (README, 'Quality control')")
+    p.add_argument("--lesion-direction", action="append", type=_lesion_direction, metavar="MOD=DIR",
+                   help="direction a lesion pushes modality MOD: lower, higher or both (two-sided); "
+                        "repeatable, e.g. --lesion-direction FA=lower --lesion-direction cbf=lower "
+                        "(default: built-in for T1w, FLAIR, T2w, pet...; both for unknown modalities)")
 
 
 def _add_score(sub, common) -> None:
@@ -113,7 +153,7 @@ def _add_score(sub, common) -> None:
                    help="modality (BIDS suffix: T1w, FLAIR, pet...) of each input file, in order, "
                         "when the file names have no BIDS suffix")
     p.add_argument("--subject", metavar="LABEL", help="subject label for file inputs without sub-<label>")
-    p.add_argument("--age", type=float, help="age of a single subject given as files")
+    p.add_argument("--age", type=_age, help="age of a single subject given as files (0-120 years)")
     p.add_argument("--sex", choices=("M", "F"), help="sex of a single subject given as files")
     p.add_argument("--group", choices=("patient", "control", "all"), default="patient",
                    help="which participants of a BIDS dataset to score (default patient)")
@@ -126,6 +166,58 @@ def _add_score(sub, common) -> None:
     p.add_argument("--no-figures", action="store_true",
                    help="skip figures and HTML reports (faster; maps and tables are still written)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
+    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                   help="score N subjects at a time in worker processes, each loading the model once "
+                        "(default 1; outputs are the same; torch threads are shared out over the cores)")
+    p.add_argument("--force", action="store_true",
+                   help="score images that quality control refuses (wrong modality, inverted contrast, "
+                        "not in MNI space); their outputs are marked (values qc.forced, report banner)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the whole batch (exit 2, nothing written) if any subject's input is bad; "
+                        "by default bad subjects are named at the start and the others are scored")
+    p.add_argument("--native-maps", action="store_true",
+                   help="also write the z and anomaly maps in each subject's native T1w space "
+                        "(inputs prepared by 'anomaly prepare', which keeps the transforms)")
+    p.add_argument("--prepare", action="store_true",
+                   help="INPUT is a native-space BIDS dataset: run 'anomaly prepare' on the subjects to "
+                        "score into OUT/prepared first (resumable), then score the prepared images")
+    p.add_argument("--registration", choices=("fast", "accurate"), default="fast",
+                   help="registration of --prepare (default fast)")
+
+
+def _add_prepare(sub, common) -> None:
+    p = sub.add_parser("prepare", parents=[common], help="register native-space images to MNI152 (ANTs)",
+                       description="Register every subject's volumes to nilearn's MNI152 2009 template: the "
+                                   "T1w rigid, affine then SyN; every other volume rigidly to the T1w (mutual "
+                                   "information); a multi-frame PET averaged first. Writes a BIDS-derivatives "
+                                   "dataset that fit-normative and score read unchanged, with the transforms, "
+                                   "the native brain mask and a QC figure per subject. Resumable.")
+    p.add_argument("bids_dir", type=Path, help="BIDS dataset in native (scanner) space; every subject needs a T1w")
+    p.add_argument("--out", type=Path, required=True, help="prepared dataset folder (new, or a run to resume)")
+    p.add_argument("--registration", choices=("fast", "accurate"), default="fast",
+                   help="fast (default; ANTs quick SyN on a 2 mm template) or accurate (full SyN; slower)")
+    p.add_argument("--resolution", type=_resolution, default=2.0, help="voxel size of the written images (default 2)")
+    p.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                   help="subjects to prepare (with or without 'sub-')")
+    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                   help="subjects registered at a time in worker processes (default 1; cores are shared)")
+    p.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="prepare only subjects I, I+N, I+2N... of the sorted list (SLURM arrays: "
+                        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); shards may share --out")
+
+
+def _add_qc(sub, common) -> None:
+    p = sub.add_parser("qc", parents=[common], help="quality control of a cohort against a model's controls",
+                       description="Compute every image's QC numbers, compare them with the normative model's "
+                                   "training controls and write a table (qc.tsv) and a page (qc.html) with the "
+                                   "decision per subject and image (pass, warn, refuse) before scoring.")
+    p.add_argument("bids_dir", type=Path, help="BIDS dataset with participants.tsv")
+    p.add_argument("--model", type=Path, required=True, help="normative model folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder for qc.tsv and qc.html")
+    p.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                   help="subjects to check (with or without 'sub-')")
+    p.add_argument("--group", choices=("patient", "control", "all"), default="all",
+                   help="which participants to check (default all)")
 
 
 def _add_fit_crs(sub, common) -> None:
@@ -175,6 +267,18 @@ def _add_group(sub, common) -> None:
     p.add_argument("--crs-model", type=Path, help="CRS model folder: add the cohort mean attention")
 
 
+def _add_calibrate(sub, common) -> None:
+    p = sub.add_parser("calibrate", parents=[common], help="recalibrate a normative model on local controls",
+                       description="Re-estimate a normative model's z statistics on a few local controls "
+                                   "(another scanner or site); the network is unchanged. Writes a new model "
+                                   "folder and never changes MODEL_DIR.")
+    p.add_argument("model_dir", type=Path, help="normative model folder (from fit-normative)")
+    p.add_argument("local_bids", type=Path, help="BIDS dataset whose group 'control' subjects are local controls")
+    p.add_argument("--out", type=Path, required=True, help="new model folder to write")
+    p.add_argument("--prior-weight", type=float, default=8.0,
+                   help="weight, in subjects, of the model's own SD in the new SD (default 8)")
+
+
 def _add_demo(sub, common) -> None:
     p = sub.add_parser("demo", parents=[common], help="run the whole toolkit on a simulated cohort")
     p.add_argument("--out", type=Path, default=Path("anomaly_demo"), help="output folder (default ./anomaly_demo)")
@@ -183,8 +287,10 @@ def _add_demo(sub, common) -> None:
 
 
 #: Subcommand -> function adding its arguments, in the order of ``anomaly --help``.
-_SUBCOMMANDS = {"simulate": _add_simulate, "fit-normative": _add_fit_normative, "score": _add_score,
-                "fit-crs": _add_fit_crs, "predict": _add_predict, "group": _add_group, "demo": _add_demo}
+_SUBCOMMANDS = {"simulate": _add_simulate, "prepare": _add_prepare, "fit-normative": _add_fit_normative,
+                "qc": _add_qc, "score": _add_score,
+                "fit-crs": _add_fit_crs, "predict": _add_predict, "group": _add_group,
+                "calibrate": _add_calibrate, "demo": _add_demo}
 COMMANDS = tuple(_SUBCOMMANDS)
 
 

@@ -2,10 +2,13 @@
 
 Turns the command's inputs (one subject's NIfTI files, or a BIDS dataset folder) into
 one :class:`ScoreJob` per subject, keeps a ``--shard`` of them, loads the models once,
-scores every job with a :class:`anomaly.cli.scorer.Scorer` (the next subject is
-preprocessed in a background thread meanwhile) and writes the derivative dataset's
-``dataset_description.json`` and ``index.html``. A subject whose input is invalid is
-reported on one stderr line and skipped; the exit status is then 2.
+checks every input's header before any work (:mod:`anomaly.cli.inputs`), scores every
+job with a :class:`anomaly.cli.scorer.Scorer` (the next subject is preprocessed in a
+background thread meanwhile), or in ``--jobs`` worker processes
+(:mod:`anomaly.cli.workers`), logs each subject (:mod:`anomaly.cli.progress`) and
+writes the derivative dataset's ``dataset_description.json`` and ``index.html``. A
+subject whose input is invalid is reported on one stderr line and skipped; the exit
+status is then 2.
 """
 
 from __future__ import annotations
@@ -14,19 +17,30 @@ import json
 import re
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from anomaly import __version__
 from anomaly.atlas import DEFAULT_ATLAS
+from anomaly.cli.inputs import BadSubject, check_jobs, drop_unused_modalities, unused_modalities_note
+from anomaly.cli.progress import FAILED, OK, SubjectLog
 from anomaly.cli.scorer import Scorer
 from anomaly.cli.status import EXIT_BAD_INPUT, EXIT_OK
+from anomaly.cli.workers import Outcome, ScoreSettings, WorkerPool, score_one, threads_per_worker
 from anomaly.io import (AnomalyInputError, check_output_dir, find_subjects, modality_from_path, subject_from_path,
                         write_json)
 from anomaly.normative import NormativeModel
 from anomaly.preprocess import Preprocessed
+
+
+#: Batches of at least this many subjects scored in one process draw their figures in a
+#: helper process. Its start-up (~2 CPU-seconds of imports) runs on another core while
+#: the first subject is read and scored; for one or two subjects drawing inline is as fast.
+FIGURE_HELPER_MIN_JOBS = 3
 
 
 # --------------------------------------------------------------------------- jobs
@@ -125,11 +139,19 @@ def shard_jobs(jobs: Sequence[ScoreJob], shard: tuple[int, int] | None) -> list[
 def score_command(inputs: Sequence[Path], *, model_dir: Path, out_dir: Path, atlases=None,
                   participant_labels=None, modalities=None, subject=None, age=None, sex=None,
                   group: str = "patient", shard: tuple[int, int] | None = None, crs_model=None,
-                  figures: bool = True, device: str = "auto", progress: bool = True) -> int:
+                  figures: bool = True, device: str = "auto", progress: bool = True, n_jobs: int = 1,
+                  strict: bool = False, force: bool = False, native_maps: bool = False) -> int:
     """The ``anomaly score`` command; returns the exit status.
 
-    A subject whose input is invalid is reported on one stderr line and skipped, the
-    others are scored; the exit status is then 2.
+    ``native_maps``: also write the maps in native T1w space (inputs from ``anomaly prepare``).
+
+    ``force``: score images that quality control refuses, marking their outputs.
+
+    Every input is checked (:mod:`anomaly.cli.inputs`) before any work starts. A single
+    subject with a bad input is one error line; in a batch, all bad subjects are named
+    at the start and the others are scored (exit status 2), unless ``strict``: then
+    nothing is scored or written. ``n_jobs`` > 1 scores subjects in that many worker
+    processes (:mod:`anomaly.cli.workers`).
     """
     all_jobs, protected = jobs_from_inputs(inputs, participant_labels=participant_labels,
                                            modalities=modalities, subject=subject, age=age, sex=sex,
@@ -141,7 +163,13 @@ def score_command(inputs: Sequence[Path], *, model_dir: Path, out_dir: Path, atl
         if not jobs:
             return EXIT_OK
     model = NormativeModel.load(model_dir, device=device)
-    _match_modalities(jobs, model.modalities_)
+    good, bad = _checked_jobs(jobs, model.modalities_, strict=strict)
+    if native_maps:
+        from anomaly.cli.prepare import check_prepared
+
+        check_prepared(good)
+    # Loads every user atlas: a bad --atlas fails here, before anything is written.
+    notes = _atlas_notes(model, atlases or (DEFAULT_ATLAS,))
     crs = None
     if crs_model is not None:
         from anomaly.crs import load_crs_model
@@ -149,27 +177,172 @@ def score_command(inputs: Sequence[Path], *, model_dir: Path, out_dir: Path, atl
         crs = load_crs_model(crs_model)
     created = not Path(out_dir).exists()
     out_dir = check_output_dir(out_dir, inputs=[*protected, model_dir])
+    for entry in bad:
+        print(f"anomaly score: error: {entry.line()}", file=sys.stderr, flush=True)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
     try:
-        with Scorer(model, atlases or (DEFAULT_ATLAS,)) as scorer:
-            failures = score_jobs(jobs, scorer, out_dir, figures=figures, crs=crs, progress=progress)
+        failures = _score_checked(good, model, out_dir, atlases=tuple(atlases or (DEFAULT_ATLAS,)),
+                                  model_dir=model_dir, crs=crs, crs_model=crs_model, figures=figures,
+                                  device=device, progress=progress, n_jobs=n_jobs, force=force)
     except AnomalyInputError:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()  # nothing was written: leave no trace
         raise
-    return EXIT_BAD_INPUT if failures else EXIT_OK
+    if created and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if native_maps:
+        from anomaly.cli.prepare import native_maps_for_jobs
+
+        native_maps_for_jobs(good, out_dir)
+    return EXIT_BAD_INPUT if failures or bad else EXIT_OK
+
+
+def _checked_jobs(jobs: list[ScoreJob], model_modalities: Sequence[str], *, strict: bool
+                  ) -> tuple[list[ScoreJob], list[BadSubject]]:
+    """The jobs that pass the input check, and the bad subjects.
+
+    A single job that fails raises its error; with ``strict`` any failure refuses the
+    batch (after naming every bad subject).
+    """
+    _match_modalities(jobs, model_modalities)
+    good, bad = check_jobs(jobs, model_modalities)
+    if bad and len(jobs) == 1:
+        raise AnomalyInputError(bad[0].message)
+    if bad and strict:
+        for entry in bad:
+            print(f"anomaly score: error: {entry.line()}", file=sys.stderr)
+        raise AnomalyInputError(f"--strict: {len(bad)} of {len(jobs)} subject(s) have bad input; "
+                                f"nothing was scored")
+    note = unused_modalities_note(drop_unused_modalities(good, model_modalities), model_modalities)
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return good, bad
+
+
+def _atlas_notes(model: NormativeModel, atlases: Sequence) -> list[str]:
+    """Regions lost on the model grid, for the atlases the model did not record (one note each).
+
+    The shipped atlases' coverage is recorded in the model at fit time and shown in
+    every report; a user atlas is loaded (and so checked) and resampled here, once per run.
+    """
+    from anomaly.atlas import Atlas
+    from anomaly.atlas.atlases import grid_coverage
+
+    known = getattr(model, "atlas_coverage_", {}) or {}
+    notes = []
+    for spec in atlases:
+        if str(spec) in known:
+            continue
+        atlas = Atlas.load(spec)
+        if atlas.name in known:
+            continue
+        coverage = grid_coverage(atlas, model.grid_)
+        if coverage["lost"]:
+            listed = ", ".join(f"{name} ({index})" for index, name in coverage["lost"])
+            notes.append(f"atlas '{atlas.name}': {len(coverage['lost'])} region(s) have no voxel on the "
+                         f"{model.grid_.resolution:g} mm model grid (no row in the region tables): {listed}")
+    return notes
+
+
+def _score_checked(jobs: list[ScoreJob], model: NormativeModel, out_dir: Path, *, atlases: tuple, model_dir,
+                   crs, crs_model, figures: bool, device: str, progress: bool, n_jobs: int,
+                   force: bool = False) -> int:
+    """Score the checked jobs serially or in worker processes; returns the failure count."""
+    if not jobs:
+        return 0
+    n_jobs = max(1, min(n_jobs, len(jobs)))
+    if n_jobs == 1:
+        helper = figures and len(jobs) >= FIGURE_HELPER_MIN_JOBS and threads_per_worker(1) > 1
+        # The prefetch thread (and the figure helper) keep another core busy.
+        threads = threads_per_worker(2) if len(jobs) > 1 else None
+        with Scorer(model, atlases) as scorer, torch_threads(threads):
+            scorer.force = force
+            if helper:
+                scorer.draw_figures_in_helper()  # off the critical path, on another core
+            return score_jobs(jobs, scorer, out_dir, figures=figures, crs=crs, progress=progress)
+    settings = ScoreSettings(model_dir=Path(model_dir), atlases=atlases, out_dir=out_dir, figures=figures,
+                             crs_model=crs_model, device=device, threads=threads_per_worker(n_jobs),
+                             force=force)
+    with WorkerPool(settings, n_jobs) as pool:
+        return run_outcomes(jobs, pool.imap(jobs), out_dir, progress=progress)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` torch threads inside the block (None: leave them), then restore them.
+
+    In a batch scored in one process, the prefetch thread and the figure helper keep
+    another core busy: the forward pass gets cores // 2 threads, so that the threads
+    at work never outnumber the cores. torch is only touched when the model already
+    imported it.
+    """
+    torch = sys.modules.get("torch")
+    if threads is None or torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def score_jobs(jobs: Sequence[ScoreJob], scorer: Scorer, out_dir: Path, *, figures: bool, crs,
-               progress: bool) -> int:
-    """Score jobs with one-subject look-ahead preprocessing; returns the failure count.
+               progress: bool, timings: dict | None = None) -> int:
+    """Score jobs in this process with one-subject look-ahead preprocessing; returns the failures.
 
-    A job whose input is invalid is reported on one stderr line and skipped, unless it
-    is the only job (its error is then raised). Once any job succeeded, the output root
-    gets ``dataset_description.json`` and an up-to-date ``index.html``.
+    A job whose input turns out invalid while it is read is reported on one stderr line
+    and skipped, unless it is the only job (its error is then raised). Once any job
+    succeeded, the output root gets ``dataset_description.json`` and an up-to-date
+    ``index.html``.
+    """
+    outcomes = _score_prefetching(jobs, scorer, out_dir, figures=figures, crs=crs)
+    if len(jobs) == 1:
+        outcomes = _raise_single(outcomes)
+    return run_outcomes(jobs, outcomes, out_dir, progress=progress, timings=timings, flush=scorer.flush)
+
+
+def _raise_single(outcomes: Iterator[Outcome]) -> Iterator[Outcome]:
+    for outcome in outcomes:
+        if outcome.error is not None:
+            raise AnomalyInputError(outcome.error)
+        yield outcome
+
+
+def run_outcomes(jobs: Sequence[ScoreJob], outcomes: Iterator[Outcome], out_dir: Path, *, progress: bool,
+                 timings: dict | None = None, flush=None) -> int:
+    """Log each subject's outcome, then write the dataset files; returns the failure count.
+
+    Parameters
+    ----------
+    jobs : sequence of ScoreJob
+        The jobs being scored (for the log's width and the summary).
+    outcomes : iterator of Outcome
+        One per job, as they finish.
+    out_dir : path
+    progress : bool
+        Progress bar or log lines (:class:`anomaly.cli.progress.SubjectLog`).
+    timings : dict, optional
+        Step times of every subject are added to it (benchmarks).
+    flush : callable, optional
+        Called once all outcomes are in (waits for background writes).
     """
     start = time.perf_counter()
-    failures = _score_prefetching(jobs, scorer, out_dir, figures=figures, crs=crs, progress=progress)
-    scorer.flush()
+    failures = 0
+    # One subject needs no progress report (and a failure must stay one line).
+    with SubjectLog([j.label for j in jobs], enabled=progress and len(jobs) > 1) as log:
+        for outcome in outcomes:
+            if outcome.error is not None:
+                failures += 1
+                log.error(outcome.label, outcome.error)
+            log.done(outcome.label, outcome.seconds, FAILED if outcome.error else OK)
+            if timings is not None:
+                for key, value in outcome.timings.items():
+                    timings[key] = timings.get(key, 0.0) + value
+    if flush is not None:
+        flush()
     if failures < len(jobs):
         write_json({"Name": "anomaly scores", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
                     "GeneratedBy": [{"Name": "anomaly", "Version": __version__,
@@ -184,36 +357,33 @@ def score_jobs(jobs: Sequence[ScoreJob], scorer: Scorer, out_dir: Path, *, figur
     return failures
 
 
-def _score_prefetching(jobs: Sequence[ScoreJob], scorer: Scorer, out_dir: Path, *, figures: bool, crs,
-                       progress: bool) -> int:
-    """Score each job while the next one is preprocessed in a thread; returns the failures."""
-    from tqdm.auto import tqdm
-
+def _score_prefetching(jobs: Sequence[ScoreJob], scorer: Scorer, out_dir: Path, *, figures: bool, crs
+                       ) -> Iterator[Outcome]:
+    """Score each job while the next one is preprocessed in a thread; yields the outcomes."""
     model = scorer.model
-    failures = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="anomaly-prefetch") as pool:
-        def load(job: ScoreJob) -> tuple[Preprocessed, float]:
+        def load(job: ScoreJob) -> tuple[Preprocessed | None, float, str | None]:
             t0 = time.perf_counter()
-            return model.preprocess(job.images), time.perf_counter() - t0
+            try:
+                return model.preprocess(job.images), time.perf_counter() - t0, None
+            except AnomalyInputError as exc:
+                return None, time.perf_counter() - t0, str(exc)
 
         pending = pool.submit(load, jobs[0]) if jobs else None
-        for i, job in enumerate(tqdm(jobs, desc="scoring", unit="subject", disable=not progress)):
+        for i, job in enumerate(jobs):
             future = pending
             # Submitted before scoring this one: the next subject is read meanwhile.
             pending = pool.submit(load, jobs[i + 1]) if i + 1 < len(jobs) else None
-            try:
-                t0 = time.perf_counter()
-                prep, seconds = future.result()
-                scorer.add_time("wait_preprocess", time.perf_counter() - t0)
-                scorer.add_time("preprocess", seconds)
-                scorer.score_subject(job.label, job.images, out_dir, age=job.age, sex=job.sex, prep=prep,
-                                     figures=figures, crs_model=crs, wait=False)
-            except AnomalyInputError as exc:
-                if len(jobs) == 1:
-                    raise
-                failures += 1
-                print(f"anomaly score: error: sub-{job.label}: {exc}", file=sys.stderr)
-    return failures
+            t0 = time.perf_counter()
+            prep, seconds, error = future.result()
+            waited = time.perf_counter() - t0
+            if error is not None:
+                yield Outcome(job.label, seconds, error, {"preprocess": seconds})
+                continue
+            outcome = score_one(scorer, job, out_dir, figures=figures, crs=crs, prep=prep, wait_writes=False)
+            outcome.seconds += waited
+            outcome.timings.update(preprocess=seconds, wait_preprocess=waited)
+            yield outcome
 
 
 # --------------------------------------------------------------------------- index
@@ -270,4 +440,5 @@ def write_index(out_dir: Path) -> Path:
     return out_dir / "index.html"
 
 
-__all__ = ["ScoreJob", "jobs_from_inputs", "score_command", "score_jobs", "shard_jobs", "write_index"]
+__all__ = ["FIGURE_HELPER_MIN_JOBS", "ScoreJob", "jobs_from_inputs", "run_outcomes", "score_command", "score_jobs",
+           "shard_jobs", "torch_threads", "write_index"]

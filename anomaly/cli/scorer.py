@@ -24,8 +24,15 @@ Speed. A scorer loads the atlases once, precomputes the voxel grouping of every 
 writes NIfTI files from a background thread, and reuses the glass-brain outlines
 between subjects (:class:`anomaly.report.figures.GlassBrainRenderer`); batch scoring
 (:func:`anomaly.cli.score.score_jobs`) preprocesses the next subject in a second
-thread while the current one is scored (reading and resampling NIfTI files is mostly
-zlib and numpy, which release the GIL).
+thread while the current one is scored, and a batch can draw its figures in a helper
+process (:meth:`Scorer.draw_figures_in_helper`, :mod:`anomaly.cli.figureproc`), off
+the critical path. ``--jobs N`` runs N scorers in worker processes
+(:mod:`anomaly.cli.workers`).
+
+Atlas coverage (regions with no voxel on the model grid) is not warned about here: the
+model records it for the shipped atlases at fit time, the command says it once for a
+user atlas, and every subject's model description (``values["model"]``, the report's
+model section) lists it.
 """
 
 from __future__ import annotations
@@ -76,18 +83,28 @@ class Scorer:
     to :meth:`score_subject`.
     """
 
+    #: Score images that QC refuses anyway, marking the outputs (``anomaly score --force``).
+    force: bool = False
+
     def __init__(self, model: NormativeModel, atlases: Sequence[str | Path] = (DEFAULT_ATLAS,)) -> None:
         self.model = model
         grid = model.grid_
         mask = np.asarray(model.mask_, bool)
         self.atlases, self._stats = [], []
+        #: Per atlas, the regions kept and lost on the model grid (shown in every report).
+        self.coverage: dict[str, dict] = {}
         for spec in atlases:
-            atlas = Atlas.load(spec)
-            atlas = atlas.resample_to(grid)  # warns with the regions too small for the grid
+            full = Atlas.load(spec)
+            with warnings.catch_warnings():
+                # Regions lost on the grid are recorded in the model (shipped atlases) or
+                # said once by the command (a user atlas), not once per scorer.
+                warnings.filterwarnings("ignore", message=".*have no voxel left after nearest-neighbour")
+                atlas = full.resample_to(grid)
             if any(a.name == atlas.name for a in self.atlases):
                 raise AnomalyInputError(f"--atlas: two atlases named {atlas.name!r}; rename one file")
             self.atlases.append(atlas)
             self._stats.append(RegionStats(atlas, mask))
+            self.coverage[atlas.name] = _coverage(model, full, atlas)
         templates = template_images(grid)
         main = next((a for a in self.atlases if a.name == DEFAULT_ATLAS), None)
         if main is None:
@@ -99,6 +116,8 @@ class Scorer:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anomaly-write")
         self._pending: list[Future] = []
         self._renderers: dict[str, object] = {}
+        self._figure_process = None  # see draw_figures_in_helper()
+        self._figure_files: list[tuple[dict, Future]] = []
         #: Seconds spent per step, summed over subjects (see benchmarks/scoring.py).
         self.timings: dict[str, float] = {}
 
@@ -112,22 +131,41 @@ class Scorer:
         self.add_time(key, now - start)
         return now
 
+    def draw_figures_in_helper(self) -> None:
+        """Draw figures and reports in a helper process from now on (:mod:`anomaly.cli.figureproc`).
+
+        Worth it for a batch on a machine with a free core: the figures of one subject
+        are drawn while the next one is read and scored. :meth:`flush` waits for them.
+        """
+        from anomaly.cli.figureproc import FigureProcess
+
+        if self._figure_process is None:
+            self._figure_process = FigureProcess(self._t1)
+
     def flush(self) -> None:
-        """Wait for the background NIfTI writes; re-raise the first error."""
+        """Wait for the background NIfTI writes and figures; re-raise the first error."""
         pending, self._pending = self._pending, []
+        figures, self._figure_files = self._figure_files, []
         start = time.perf_counter()
         errors = [f.exception() for f in pending]
-        self._tick("wait_writes", start)
+        start = self._tick("wait_writes", start)
+        errors += [f.exception() for _, f in figures]
+        self._tick("wait_figures", start)
         for exc in errors:
             if exc is not None:
                 raise exc
+        for files, future in figures:
+            files.update(future.result())
 
     def close(self) -> None:
-        """Finish the writes and stop the writer thread."""
+        """Finish the writes and figures, stop the writer thread and the figure helper."""
         try:
             self.flush()
         finally:
             self._writer.shutdown(wait=True)
+            if self._figure_process is not None:
+                self._figure_process.close()
+                self._figure_process = None
 
     def __enter__(self) -> "Scorer":
         return self
@@ -167,6 +205,8 @@ class Scorer:
         if prep is None:
             prep = self.model.preprocess(images)
             start = self._tick("preprocess", start)
+        qc = self.quality_check(label, prep, age=age, sex=sex)
+        start = self._tick("qc", start)
         score = self.model.transform(prep, age=age, sex=sex)
         start = self._tick("model", start)
         glob = self.global_pet(score)
@@ -179,6 +219,7 @@ class Scorer:
         result.files.update(self._write_maps(label, score, folder))
         result.files.update(self._write_tables(label, tables, folder))
         result.values = self.subject_values(label, score, tables, glob, age=age, sex=sex)
+        _add_qc(result.values, qc)
         if crs_model is not None:
             result.values["crs"] = _predict_crs_one(crs_model, tables, result.values)
         result.files["scores"] = folder / f"sub-{label}_scores.json"
@@ -186,11 +227,25 @@ class Scorer:
         start = self._tick("write", start)
         if figures:
             main_table = next(iter(tables.values()))
-            result.files.update(self._figures_and_report(label, score, main_table, result.values, folder))
+            self._figures_and_report(label, score, main_table, result.values, folder, result.files)
             start = self._tick("figures", start)
         if wait:
             self.flush()
         return result
+
+    def quality_check(self, label: str, prep: Preprocessed, *, age=None, sex=None):
+        """QC against the model's controls (:mod:`anomaly.qc`); raises for a refused image.
+
+        With :attr:`force` True a refusal is recorded (``values["qc"]["forced"]``) and
+        the subject is scored anyway. Every QC warning is also issued as a UserWarning.
+        """
+        qc = self.model.quality_check(prep, age=age, sex=sex, force=self.force)
+        refusal = qc.refusal()
+        if refusal and not self.force:
+            raise AnomalyInputError(f"{refusal} (score --force scores it anyway)")
+        for message in qc.warnings + ([f"scored despite QC refusal (--force): {refusal}"] if refusal else []):
+            warnings.warn(f"sub-{label}: {message}", UserWarning, stacklevel=2)
+        return qc
 
     def region_tables(self, score: SubjectScore, glob: dict | None) -> dict[str, pd.DataFrame]:
         """One rounded region table per atlas, keyed by atlas name (the first is the report's)."""
@@ -209,9 +264,11 @@ class Scorer:
         peak_mm = (self.model.grid_.affine @ np.array([*peak, 1.0]))[:3]
         main_table = next(iter(tables.values()))
         top = main_table.sort_values("anomaly_mean", ascending=False, na_position="last").head(3)
+        model = {**self.model.describe(), **{f"atlas {name}": coverage_text(info, self.model.grid_.resolution)
+                                             for name, info in self.coverage.items()}}
         values = {
             "participant_id": f"sub-{label}", "toolkit_version": __version__,
-            "model": self.model.describe(), "age": age, "sex": sex,
+            "model": model, "age": age, "sex": sex,
             "modalities_present": present, "modalities_missing": missing,
             "max_anomaly": float(score.anomaly.max()),
             "mean_anomaly": float(score.anomaly[self.model.mask_].mean(dtype=np.float64)),
@@ -247,12 +304,62 @@ class Scorer:
         return files
 
     def _figures_and_report(self, label: str, score: SubjectScore, table: pd.DataFrame, values: dict,
-                            folder: Path) -> dict:
-        """Figures and HTML report (:func:`anomaly.report.subject.write_subject_figures`)."""
+                            folder: Path, files: dict) -> None:
+        """Figures and HTML report (:func:`anomaly.report.subject.write_subject_figures`).
+
+        Their paths are added to ``files`` now, or by :meth:`flush` when the helper
+        process draws them.
+        """
+        if self._figure_process is not None:
+            future = self._figure_process.submit(label, score, table, values, folder)
+            self._figure_files.append((files, future))
+            return
         # matplotlib and nilearn's plotting load in ~1 s: only when figures are asked for.
         from anomaly.report.subject import write_subject_figures
 
-        return write_subject_figures(label, score, table, values, folder, t1=self._t1, renderers=self._renderers)
+        files.update(write_subject_figures(label, score, table, values, folder, t1=self._t1,
+                                           renderers=self._renderers))
+
+
+def _coverage(model: NormativeModel, full: Atlas, on_grid: Atlas) -> dict:
+    """The atlas's coverage of the model grid: as the model recorded it at fit, else as resampled here."""
+    recorded = (getattr(model, "atlas_coverage_", None) or {}).get(full.name)
+    if recorded is not None and recorded.get("n_regions") == len(full.labels):
+        return recorded
+    lost = full.labels[~full.labels["index"].isin(on_grid.labels["index"])]
+    return {"atlas": full.name, "n_regions": len(full.labels), "n_kept": len(on_grid.labels),
+            "lost": [[int(i), str(n)] for i, n in zip(lost["index"], lost["name"])]}
+
+
+def coverage_text(coverage: dict, resolution: float) -> str:
+    """One line for reports: ``134 of 136 regions on the 2 mm grid (no voxel: A (63), B (64))``."""
+    text = f"{coverage['n_kept']} of {coverage['n_regions']} regions on the {resolution:g} mm grid"
+    if coverage["lost"]:
+        text += " (no voxel, no row in the region table: " + ", ".join(
+            f"{name} ({index})" for index, name in coverage["lost"]) + ")"
+    return text
+
+
+def _add_qc(values: dict, qc) -> None:
+    """Merge the QC verdict (:meth:`anomaly.qc.SubjectQC.to_dict`) into ``values``.
+
+    Each image's metrics and decision join its preprocessing entry in ``values["qc"]``;
+    the subject's decision, warnings and ``forced`` flag sit beside them; the PET
+    reference check and the global levels by reference are top-level values.
+    """
+    verdict = qc.to_dict()
+    entries = values.setdefault("qc", {})
+    for modality, image in verdict.pop("images").items():
+        entries.setdefault(modality, {}).update(
+            {"decision": image["decision"], **image["metrics"],
+             "findings": [f["message"] for f in image["findings"]]})
+    pet = verdict.pop("pet_reference", None)
+    if qc.forced and qc.refusal():
+        verdict["warnings"].insert(0, f"refused by QC, scored anyway (--force): {qc.refusal()}")
+    entries.update(verdict, forced=bool(qc.forced and qc.refusal()))
+    if pet is not None:
+        values["global_cortical_pet_percent_by_reference"] = pet.pop("global_cortical_pet_percent_by_reference")
+        values["pet_reference_check"] = pet
 
 
 def _predict_crs_one(crs_model, tables: dict, values: dict) -> dict:
@@ -268,4 +375,4 @@ def _predict_crs_one(crs_model, tables: dict, values: dict) -> dict:
     return predict_from_tables(crs_model, tables, global_values=numbers)
 
 
-__all__ = ["ScoredSubject", "Scorer"]
+__all__ = ["ScoredSubject", "Scorer", "coverage_text"]

@@ -1,4 +1,4 @@
-"""Stage 5 of the pipeline: CRS-R regression from atlas-region anomaly summaries.
+"""Stage 6 of the pipeline: CRS-R regression from atlas-region anomaly summaries.
 
 A lightweight multiple-instance attention regressor (one bag per patient, one instance
 per atlas region) with ordinal, ranking and kappa losses, label-distribution smoothing,

@@ -1,4 +1,4 @@
-"""Stage 6 of the pipeline: every figure and HTML page the toolkit shows.
+"""Stage 7 of the pipeline: every figure and HTML page the toolkit shows.
 
 :mod:`anomaly.report.figures` draws glass brains, slices, bar charts and loss curves
 (nilearn and matplotlib); :mod:`anomaly.report.html` renders self-contained HTML pages

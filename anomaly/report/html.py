@@ -33,7 +33,7 @@ from anomaly.constants import AWARENESS_PERCENT, CRS_MAX
 from anomaly.io import AnomalyInputError, write_text
 
 # AWARENESS_PERCENT is re-exported: it used to be defined here.
-__all__ = ["AWARENESS_PERCENT", "render_demo_index", "render_index", "render_subject_report"]
+__all__ = ["AWARENESS_PERCENT", "render_demo_index", "render_index", "render_qc_page", "render_subject_report"]
 
 PathLike = Union[str, Path]
 
@@ -368,6 +368,23 @@ def _qc_html(qc: Mapping[str, Any]) -> str:
     return _section("qc", "Quality checks", "".join(parts))
 
 
+def _qc_banner(qc: Mapping[str, Any]) -> str:
+    """Banner above a report when quality control warned, or refused and was overridden.
+
+    Reads the ``QC decision``, ``QC forced`` and ``QC warnings`` keys of ``qc``
+    (:mod:`anomaly.qc`); empty when the subject passed or no QC was recorded.
+    """
+    forced = bool(qc.get("QC forced"))
+    warnings = qc.get("QC warnings") or []
+    if not forced and not warnings:
+        return ""
+    items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+    head = ("Scored with --force although quality control refused an image: the maps and numbers "
+            "below may be meaningless." if forced else
+            "Quality control warnings: read the maps and numbers below with care.")
+    return f"<div class=\"flag warn\" id=\"qc-banner\"><p><b>{html.escape(head)}</b></p><ul>{items}</ul></div>"
+
+
 # ---------------------------------------------------------------- public API
 def render_subject_report(
     out_html: PathLike,
@@ -452,6 +469,7 @@ def _subject_sections(subject: Mapping[str, Any], model: Mapping[str, Any], figu
                       ) -> list[str]:
     """The sections of a subject report, in page order (arguments as for the report)."""
     return [
+        _qc_banner(qc),
         "<div class=\"grid\">",
         _section("subject", "Subject", _kv_table(subject)),
         _section("model", "Model", _kv_table(model)),
@@ -563,3 +581,44 @@ def render_demo_index(
     transcript = "".join(f"$ {command}    # {seconds:.0f} s\n" for command, seconds in commands)
     body += [_section("commands", "Commands run", f"<pre>{html.escape(transcript)}</pre>"), _footer()]
     return _write_page(out_html, "anomaly demo", body)
+
+
+#: Row colours of the QC page by decision.
+_DECISION_STYLE = {"pass": "background:#eef6ee", "warn": "background:#fff4e5", "refuse": "background:#fde8e8"}
+
+
+def render_qc_page(out_html: PathLike, rows: Sequence[Mapping[str, Any]], *, title: str,
+                   summary: Mapping[str, Any] | None = None) -> Path:
+    """Write the cohort QC page: one row per subject and image, coloured by decision.
+
+    Parameters
+    ----------
+    out_html : path
+        Page file, e.g. ``QC_DIR/qc.html``; written atomically.
+    rows : sequence of mappings
+        One per subject and image (the rows of ``qc.tsv``); the key ``decision``
+        ("pass", "warn" or "refuse") colours the row; every key becomes a column.
+    title : str
+        Page title.
+    summary : mapping, optional
+        Cohort-level values shown above the table (counts per decision, model...).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_html``.
+    """
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    lines = [f"<tr class=\"{_e(row.get('decision'))}\" style=\"{_DECISION_STYLE.get(row.get('decision'), '')}\">"
+             + "".join(_cell(row.get(col)) for col in columns) + "</tr>" for row in rows]
+    if not lines:
+        lines.append(f"<tr><td colspan=\"{max(len(columns), 1)}\" class=\"muted\">No images.</td></tr>")
+    body = [_header(title, "Each image's quality numbers against the normative model's training controls: "
+                           "pass, warn (scored with a warning) or refuse (anomaly score exits with status 2 "
+                           "unless --force). See the README section 'Quality control'.")]
+    if summary:
+        body.append(_section("summary", "Summary", _kv_table(summary)))
+    body += [_section("images", "Images", _table(columns, lines)), _footer()]
+    return _write_page(out_html, title, body)

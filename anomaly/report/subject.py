@@ -134,6 +134,9 @@ def _report_facts(values: Mapping[str, Any]) -> tuple[dict, dict | None]:
         if isinstance(info, dict):
             for key, val in info.items():
                 qc[f"{modality} {key}"] = val
+    # The QC verdict (anomaly.qc) as "QC ..." keys: the report's banner reads them.
+    qc.update({f"QC {key}": val for key, val in values.get("qc", {}).items()
+               if key in ("decision", "forced", "warnings", "note")})
     metabolism = None
     if "global_cortical_pet_percent" in values:
         metabolism = {
@@ -143,4 +146,6 @@ def _report_facts(values: Mapping[str, Any]) -> tuple[dict, dict | None]:
             "cortical PET SUVR (normative mean)": values["normative_cortical_pet_suvr"],
             "median cortical PET z (focal z = region z minus this)": values["median_cortical_pet_z"],
         }
+        for ref, level in values.get("global_cortical_pet_percent_by_reference", {}).items():
+            metabolism[f"% of normal with reference {ref}"] = level
     return qc, metabolism
