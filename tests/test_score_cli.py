@@ -78,7 +78,7 @@ def test_batch_names_every_bad_subject_first_and_scores_the_rest(sim_cohort, zsc
                                                                 recwarn):
     bids, labels = _copy_patients(sim_cohort, tmp_path / "bids", 4)
     (bids / f"sub-{labels[0]}" / "anat" / f"sub-{labels[0]}_T1w.nii.gz").write_bytes(b"\x1f\x8b broken")
-    _four_d(bids / f"sub-{labels[2]}" / "pet" / f"sub-{labels[2]}_pet.nii.gz")
+    _four_d(bids / f"sub-{labels[2]}" / "anat" / f"sub-{labels[2]}_FLAIR.nii.gz")  # 4D: only PET may be
     out = tmp_path / "scores"
     status = main(["score", str(bids), "--model", str(zscore_model_dir), "--out", str(out), "--no-figures"])
     captured = capfd.readouterr()
@@ -205,3 +205,28 @@ def test_figures_drawn_by_the_helper_process_match_inline_figures(sim_cohort, zs
     for png in pngs:
         assert (batch / f"sub-{labels[0]}" / png.name).read_bytes() == png.read_bytes(), png.name
     assert f"sub-{labels[0]}_report.html" in (batch / "index.html").read_text()
+
+
+def test_a_multi_frame_pet_is_scored_as_its_duration_weighted_mean(sim_cohort, zscore_model_dir, tmp_path):
+    # A static FDG PET given as 3 frames (durations 60, 120, 120 s in its JSON sidecar)
+    # gets exactly the maps of the weighted mean image given as one volume.
+    import json
+
+    bids, labels = _copy_patients(sim_cohort, tmp_path / "bids", 1)
+    pet = bids / f"sub-{labels[0]}" / "pet" / f"sub-{labels[0]}_pet.nii.gz"
+    img = nib.load(pet)
+    data = np.asarray(img.dataobj, np.float32)
+    frames = np.stack([data * 0.8, data * 1.1, data * 1.0], axis=-1)
+    mean = np.tensordot(frames, np.array([0.2, 0.4, 0.4], np.float32), axes=([3], [0]))
+    nib.Nifti1Image(mean.astype(np.float32), img.affine).to_filename(pet)
+    assert main(["score", str(bids), "--model", str(zscore_model_dir), "--out", str(tmp_path / "single"),
+                 "--no-figures", "--quiet"]) == 0
+    nib.Nifti1Image(frames, img.affine).to_filename(pet)
+    pet.with_name(pet.name.replace(".nii.gz", ".json")).write_text(json.dumps({"FrameDuration": [60, 120, 120]}))
+    assert main(["score", str(bids), "--model", str(zscore_model_dir), "--out", str(tmp_path / "frames"),
+                 "--no-figures", "--quiet"]) == 0
+    name = f"sub-{labels[0]}/sub-{labels[0]}_space-MNI152NLin2009cAsym_stat-anomaly_statmap.nii.gz"
+    single = nib.load(tmp_path / "single" / name).get_fdata()
+    averaged = nib.load(tmp_path / "frames" / name).get_fdata()
+    np.testing.assert_allclose(averaged, single, atol=1e-4)
+    assert single.max() > 0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from anomaly.constants import PET
 from anomaly.io import AnomalyInputError
 from anomaly.io.images import check_image_header
 
@@ -80,9 +81,9 @@ def _check_job(job: _Job, model_modalities: Sequence[str]) -> None:
         given = ", ".join(f"{m} ({p})" for m, p in job.images.items()) or "none"
         raise AnomalyInputError(f"none of the model's modalities ({', '.join(model_modalities)}) "
                                 f"was given (got: {given})")
-    for path in known.values():
+    for modality, path in known.items():
         if isinstance(path, (str, Path)):
-            check_image_header(path)
+            check_image_header(path, average_frames=modality == PET)
 
 
 def drop_unused_modalities(jobs: Sequence[_Job], model_modalities: Sequence[str]) -> Counter:

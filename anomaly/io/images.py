@@ -123,10 +123,12 @@ def load_image(
 
 
 def check_image_header(img: str | os.PathLike | nib.spatialimages.SpatialImage, *, name: str | None = None,
-                       check_mni: bool = True) -> None:
+                       check_mni: bool = True, average_frames: bool = False) -> None:
     """The checks of :func:`load_image` that need only the header, without reading the data.
 
     Cheap enough to run on every input of a batch before any work starts.
+    ``average_frames`` accepts a multi-frame 4D image as :func:`load_image` does
+    (its frame durations checked too).
 
     Raises
     ------
@@ -136,6 +138,11 @@ def check_image_header(img: str | os.PathLike | nib.spatialimages.SpatialImage, 
         (``check_mni``) outside the MNI152 brain.
     """
     source, label = _open_image(img, name)
+    if average_frames and len(source.shape) == 4 and source.shape[3] > 1:
+        spatial, affine, _ = _frame_header(source, label)
+        if check_mni:
+            _check_mni_overlap(spatial, affine, label)
+        return
     _check_source_header(source, label, check_mni)
 
 
@@ -458,6 +465,19 @@ def frame_weights(source: nib.spatialimages.SpatialImage, label: str) -> np.ndar
 
 def _frame_mean(source: nib.spatialimages.SpatialImage, label: str) -> nib.Nifti1Image:
     """The weighted mean of the frames of a 4D image, as a 3D image (header checked first)."""
+    _, affine, weights = _frame_header(source, label)
+    data = _read_data(source, label)
+    mean = np.tensordot(data, weights.astype(np.float32), axes=([3], [0])).astype(np.float32)
+    img = nib.Nifti1Image(mean, affine)
+    code = _xform_code(source)
+    img.set_sform(affine, code=code)
+    img.set_qform(affine, code=code)
+    return img
+
+
+def _frame_header(source: nib.spatialimages.SpatialImage,
+                  label: str) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
+    """Header checks of a 4D image; its spatial shape, affine and frame weights."""
     shape = tuple(int(s) for s in source.shape)
     _check_shape(shape[:3], label)
     if shape[3] > MAX_FRAMES:
@@ -469,13 +489,7 @@ def _frame_mean(source: nib.spatialimages.SpatialImage, label: str) -> nib.Nifti
     _check_affine(affine, label)
     weights = frame_weights(source, label)
     _check_data_size(source, label)
-    data = _read_data(source, label)
-    mean = np.tensordot(data, weights.astype(np.float32), axes=([3], [0])).astype(np.float32)
-    img = nib.Nifti1Image(mean, affine)
-    code = _xform_code(source)
-    img.set_sform(affine, code=code)
-    img.set_qform(affine, code=code)
-    return img
+    return shape[:3], affine, weights
 
 
 def read_map(img: Any, what: str, *, finite: bool = False) -> nib.Nifti1Image:

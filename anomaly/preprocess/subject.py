@@ -190,7 +190,8 @@ def _preprocess_image(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """One channel: the normalised image on the grid, the voxels it covers, its QC entry."""
     label = _source_name(source)
-    img = load_image(source, name=label, check_mni=True)
+    # A multi-frame static PET is averaged over its frames (weighted by their durations).
+    img = load_image(source, name=label, check_mni=True, average_frames=modality == PET_MODALITY)
     resampled, covered, coverage = _resample_with_coverage(img, grid, brain, label)
     if modality == PET_MODALITY:
         normalised, info = normalise_pet(resampled, brain, reference, valid=covered, name=label)
