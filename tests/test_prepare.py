@@ -152,3 +152,15 @@ def test_simulated_native_space_has_truth_in_both_spaces(native_bids):
     assert 0.94 <= pose["head_scale"] <= 1.06
     for name in ("desc-lesion_mask", "space-T1w_desc-lesion_mask", "space-T1w_desc-brain_mask"):
         assert np.asarray(nib.load(truth / f"sub-pt001_{name}.nii.gz").dataobj).any(), name
+
+
+def test_report_of_a_prepared_subject_shows_its_registration_figure(prepared, zscore_model_dir, tmp_path):
+    out = tmp_path / "reports"
+    assert main(["score", str(prepared), "--model", str(zscore_model_dir), "--out", str(out), "--quiet"]) == 0
+    folder = out / "sub-pt001"
+    figure = folder / "sub-pt001_desc-registration_qc.png"
+    assert figure.read_bytes() == (prepared / "sub-pt001" / "figures" / figure.name).read_bytes()
+    values = json.loads((folder / "sub-pt001_scores.json").read_text())
+    assert values["registration_qc_figure"] == figure.name
+    html = (folder / "sub-pt001_report.html").read_text()
+    assert "Registration to MNI152" in html and html.count("data:image/png;base64,") >= 3

@@ -16,7 +16,7 @@ median cortical PET z, so that a focal lesion stands out from diffuse hypometabo
 
 Voxels that a present image does not cover (outside its field of view, or zero after
 skull stripping) have no z: they are NaN in that modality's z map, left out of the
-region statistics, and the combined anomaly there averages the modalities that do
+region statistics, and the combined anomaly there combines the modalities that do
 cover them. A region without any covered voxel gets ``n/a``, as do all the columns of
 a missing modality.
 
@@ -220,6 +220,8 @@ class Scorer:
         result.files.update(self._write_tables(label, tables, folder))
         result.values = self.subject_values(label, score, tables, glob, age=age, sex=sex)
         _add_qc(result.values, qc)
+        if figures:
+            _copy_registration_figure(images, folder, result)
         if crs_model is not None:
             result.values["crs"] = _predict_crs_one(crs_model, tables, result.values)
         result.files["scores"] = folder / f"sub-{label}_scores.json"
@@ -360,6 +362,21 @@ def _add_qc(values: dict, qc) -> None:
     if pet is not None:
         values["global_cortical_pet_percent_by_reference"] = pet.pop("global_cortical_pet_percent_by_reference")
         values["pet_reference_check"] = pet
+
+
+def _copy_registration_figure(images: Mapping, folder: Path, result: ScoredSubject) -> None:
+    """Bring the QC figure of ``anomaly prepare`` (if the inputs are prepared) into the report."""
+    import shutil
+
+    from anomaly.registration import registration_figure
+
+    paths = [p for m, p in sorted(images.items(), key=lambda item: item[0] != "T1w")
+             if isinstance(p, (str, Path))]
+    figure = next((f for p in paths if (f := registration_figure(p)) is not None), None)
+    if figure is not None:
+        shutil.copyfile(figure, folder / figure.name)
+        result.files["registration_qc"] = folder / figure.name
+        result.values["registration_qc_figure"] = figure.name
 
 
 def _predict_crs_one(crs_model, tables: dict, values: dict) -> dict:

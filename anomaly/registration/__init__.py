@@ -21,9 +21,10 @@ from anomaly.registration.subject import (
            QC_SUFFIX,
            is_prepared,
            prepare_subject,
+           registration_figure,
            transform_paths,
 )
 from anomaly.registration.template import SPACE
 
 __all__ = ["MODES", "QC_SUFFIX", "SPACE", "is_prepared", "prepare_dataset", "prepare_subject",
-           "transform_paths"]
+           "registration_figure", "transform_paths"]

@@ -33,6 +33,7 @@ from anomaly.io import (
     atomic_path,
     load_image,
     save_image,
+    subject_from_path,
     write_json,
 )
 from anomaly.registration.qc import plot_registration
@@ -73,6 +74,32 @@ def transform_paths(subject_dir: Path, label: str) -> dict[str, Path]:
         "to_native": anat / f"sub-{label}_from-{SPACE}_to-T1w_mode-image_xfm.h5",
         "mask": anat / f"sub-{label}_space-T1w_desc-brain_mask.nii.gz",
     }
+
+
+def registration_figure_path(subject_dir: Path, label: str) -> Path:
+    """Where the registration QC figure of ``sub-<label>`` is written (``PREP_DIR/sub-<label>``)."""
+    return subject_dir / "figures" / f"sub-{label}_desc-registration_qc.png"
+
+
+def registration_figure(image: str | Path) -> Path | None:
+    """The registration QC figure that ``prepare`` wrote for the subject of a prepared image.
+
+    Parameters
+    ----------
+    image : str or pathlib.Path
+        ``PREP_DIR/sub-<label>/<datatype>/sub-<label>_..._desc-preproc_<suffix>.nii.gz``.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The PNG, or None when the image does not come from ``anomaly prepare``.
+    """
+    path = Path(image)
+    label = subject_from_path(path)
+    if label is None or "desc-preproc" not in path.name:
+        return None
+    figure = registration_figure_path(path.parent.parent, label)
+    return figure if figure.is_file() else None
 
 
 def is_prepared(out_root: Path, label: str) -> bool:
@@ -138,7 +165,7 @@ def prepare_subject(subject: Subject, out_root: Path, *, mode: str = "fast",
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     warped_t1w = nib.load(record["files"][REFERENCE])
-    figure = subject_dir / "figures" / f"sub-{label}_desc-registration_qc.png"
+    figure = registration_figure_path(subject_dir, label)
     plot_registration(warped_t1w, template, figure, title=f"sub-{label}: T1w in {SPACE} ({mode})")
     record.update(_similarity(warped_t1w, template, mask), participant_id=subject.participant_id,
                   registration=mode, resolution_mm=float(resolution), figure=str(figure.relative_to(out_root)),

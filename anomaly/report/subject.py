@@ -70,6 +70,11 @@ def write_subject_figures(label: str, score: Any, table: pd.DataFrame, values: M
         ``glassbrain``, ``glassbrain_pet`` (with PET), ``slices`` and ``report``.
     """
     files, figures = _draw_figures(label, score, Path(folder), t1, {} if renderers is None else renderers)
+    if values.get("registration_qc_figure"):  # inputs registered by anomaly prepare
+        figures["Registration to MNI152 (anomaly prepare)"] = (
+            Path(folder) / values["registration_qc_figure"],
+            "MNI152 template edges over the subject's registered T1w: they should follow its brain outline, "
+            "ventricles and sulci; if they do not, the maps and the global level are not to be trusted.")
     qc, metabolism = _report_facts(values)
     report = Path(folder) / f"sub-{label}_report.html"
     render_subject_report(
@@ -97,7 +102,7 @@ def _draw_figures(label: str, score: Any, folder: Path, t1: np.ndarray,
     _renderer(renderers, "anomaly").plot(anomaly_img, path, threshold=ANOMALY_FIGURE_THRESHOLD,
                                          title=f"sub-{label}: combined anomaly (z units)")
     figures["Combined anomaly map (glass brain)"] = (
-        path, ("Mean over the modalities present of the z score in the lesion direction, "
+        path, ("Largest over the modalities present of the z score in the lesion direction, "
                f"shown above {ANOMALY_FIGURE_THRESHOLD:g}."))
     files["glassbrain"] = path
     if PET in score.modalities and score.present[score.modalities.index(PET)]:
