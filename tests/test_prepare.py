@@ -164,3 +164,16 @@ def test_report_of_a_prepared_subject_shows_its_registration_figure(prepared, zs
     assert values["registration_qc_figure"] == figure.name
     html = (folder / "sub-pt001_report.html").read_text()
     assert "Registration to MNI152" in html and html.count("data:image/png;base64,") >= 3
+
+
+def test_fit_normative_prepare_registers_the_controls_first(tmp_path):
+    bids = tmp_path / "native"
+    assert main(["simulate", str(bids), "--healthy", "4", "--patients", "0", "--seed", "3", "--resolution", "4",
+                 "--space", "native", "--quiet"]) == 0
+    model = tmp_path / "model"
+    assert main(["fit-normative", str(bids), "--out", str(model), "--method", "zscore", "--resolution", "4",
+                 "--prepare", "--quiet"]) == 0
+    prepared = tmp_path / "model_prepared"
+    assert len(list(prepared.glob("sub-*/sub-*_desc-prepare_qc.json"))) == 4
+    meta = json.loads((model / "metadata.json").read_text())
+    assert meta["data"]["n_controls"] == 4

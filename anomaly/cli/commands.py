@@ -37,6 +37,10 @@ def cmd_fit_normative(args: argparse.Namespace) -> int:
 
     from anomaly.io import AnomalyInputError, check_output_dir, find_subjects
 
+    if args.prepare:
+        from anomaly.cli.prepare import prepare_training_controls
+
+        args.bids_dir = prepare_training_controls(args)
     subjects = find_subjects(args.bids_dir, group="control")
     created = not args.out.exists()
     out = check_output_dir(args.out, inputs=[args.bids_dir])

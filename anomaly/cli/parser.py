@@ -133,6 +133,11 @@ def _add_fit_normative(sub, common) -> None:
                    help="direction a lesion pushes modality MOD: lower, higher or both (two-sided); "
                         "repeatable, e.g. --lesion-direction FA=lower --lesion-direction cbf=lower "
                         "(default: built-in for T1w, FLAIR, T2w, pet...; both for unknown modalities)")
+    p.add_argument("--prepare", action="store_true",
+                   help="BIDS_DIR is in native space: run 'anomaly prepare' on its controls into "
+                        "OUT_prepared first (resumable), then fit on the prepared images")
+    p.add_argument("--registration", choices=("fast", "accurate"), default="fast",
+                   help="registration of --prepare (default fast)")
 
 
 def _add_score(sub, common) -> None:

@@ -149,3 +149,30 @@ def prepare_score_inputs(args: argparse.Namespace) -> list[Path]:
     prepare_dataset(args.inputs[0], out, mode=args.registration, resolution=_model_resolution(args.model),
                     shard=args.shard, participant_labels=labels, progress=not args.quiet)
     return [out]
+
+
+def prepare_training_controls(args: argparse.Namespace) -> Path:
+    """``fit-normative --prepare``: register the controls into ``<OUT>_prepared`` first.
+
+    The prepared dataset sits beside the model folder (not in it: the model folder
+    holds the model only) and is reused by a later run (finished subjects are skipped).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``fit-normative`` arguments (``bids_dir``, ``out``, ``resolution``,
+        ``registration``, ``quiet``).
+
+    Returns
+    -------
+    pathlib.Path
+        The new BIDS_DIR of ``fit-normative``: the prepared dataset folder.
+    """
+    from anomaly.io import find_subjects
+    from anomaly.registration import prepare_dataset
+
+    labels = [s.label for s in find_subjects(args.bids_dir, group="control")]
+    out = Path(args.out).with_name(Path(args.out).name + "_prepared")
+    prepare_dataset(args.bids_dir, out, mode=args.registration, resolution=float(args.resolution),
+                    participant_labels=labels, progress=not args.quiet)
+    return out
