@@ -94,3 +94,28 @@ def test_bad_lesion_direction_is_a_usage_error(tmp_path, capsys):
     status = main(["fit-normative", str(tmp_path), "--out", str(tmp_path / "m"), "--lesion-direction", "FA=down"])
     assert status == 2
     assert "MOD=lower|higher|both" in capsys.readouterr().err
+
+
+def test_a_five_volume_cohort_runs_through_fit_and_score(tmp_path):
+    # T1w, T2w, FLAIR, ADC and PET: every modality gets its z map, and the two-sided ADC
+    # counts in the combined map by |z|.
+    bids = tmp_path / "bids"
+    assert main(["simulate", str(bids), "--healthy", "6", "--patients", "2", "--resolution", "4", "--seed", "5",
+                 "--missing-fraction", "0", "--modalities", "T1w", "T2w", "FLAIR", "ADC", "pet", "--quiet"]) == 0
+    model = tmp_path / "model"
+    assert main(["fit-normative", str(bids), "--out", str(model), "--method", "zscore", "--resolution", "4",
+                 "--quiet"]) == 0
+    meta = json.loads((model / "metadata.json").read_text())
+    assert sorted(meta["modalities"]) == ["ADC", "FLAIR", "T1w", "T2w", "pet"]
+    out = tmp_path / "scores"
+    assert main(["score", str(bids), "--model", str(model), "--out", str(out), "--no-figures", "--quiet"]) == 0
+    for folder in sorted(out.glob("sub-*")):
+        if not folder.is_dir():
+            continue
+        label = folder.name
+        z = {m: nib.load(next(folder.glob(f"{label}_*_mod-{m}_stat-z_statmap.nii.gz"))).get_fdata()
+             for m in meta["modalities"]}
+        anomaly = nib.load(next(folder.glob(f"{label}_*_stat-anomaly_statmap.nii.gz"))).get_fdata()
+        # The combined map is at least each modality's lesion-direction part: |z| for ADC.
+        assert np.all(anomaly + 1e-4 >= np.nan_to_num(np.abs(z["ADC"])))
+        assert np.all(anomaly + 1e-4 >= np.nan_to_num(-z["T1w"]).clip(0))
