@@ -177,3 +177,10 @@ def test_fit_normative_prepare_registers_the_controls_first(tmp_path):
     assert len(list(prepared.glob("sub-*/sub-*_desc-prepare_qc.json"))) == 4
     meta = json.loads((model / "metadata.json").read_text())
     assert meta["data"]["n_controls"] == 4
+
+
+def test_parser_registration_choices_are_the_registration_modes():
+    from anomaly.cli.parser import REGISTRATION_MODES
+    from anomaly.registration import MODES
+
+    assert set(REGISTRATION_MODES) == set(MODES)

@@ -12,6 +12,8 @@ from pathlib import Path
 from anomaly import __version__
 from anomaly.cli.status import EXIT_BAD_INPUT
 
+#: ``--registration`` choices (anomaly.registration.MODES; spelled here to keep --help instant).
+REGISTRATION_MODES = ("fast", "accurate")
 #: Flags without a value that may come before the BIDS-App positional arguments.
 _BIDS_APP_LEADING_FLAGS = ("--debug", "--quiet", "--no-figures")
 
@@ -133,10 +135,14 @@ def _add_fit_normative(sub, common) -> None:
                    help="direction a lesion pushes modality MOD: lower, higher or both (two-sided); "
                         "repeatable, e.g. --lesion-direction FA=lower --lesion-direction cbf=lower "
                         "(default: built-in for T1w, FLAIR, T2w, pet...; both for unknown modalities)")
-    p.add_argument("--prepare", action="store_true",
-                   help="BIDS_DIR is in native space: run 'anomaly prepare' on its controls into "
-                        "OUT_prepared first (resumable), then fit on the prepared images")
-    p.add_argument("--registration", choices=("fast", "accurate"), default="fast",
+    _add_prepare_options(p, "BIDS_DIR is in native space: run 'anomaly prepare' on its controls into "
+                            "OUT_prepared first (resumable), then fit on the prepared images")
+
+
+def _add_prepare_options(p: argparse.ArgumentParser, prepare_help: str) -> None:
+    """``--prepare`` and its ``--registration`` choice (fit-normative and score)."""
+    p.add_argument("--prepare", action="store_true", help=prepare_help)
+    p.add_argument("--registration", choices=REGISTRATION_MODES, default="fast",
                    help="registration of --prepare (default fast)")
 
 
@@ -183,11 +189,8 @@ def _add_score(sub, common) -> None:
     p.add_argument("--native-maps", action="store_true",
                    help="also write the z and anomaly maps in each subject's native T1w space "
                         "(inputs prepared by 'anomaly prepare', which keeps the transforms)")
-    p.add_argument("--prepare", action="store_true",
-                   help="INPUT is a native-space BIDS dataset: run 'anomaly prepare' on the subjects to "
-                        "score into OUT/prepared first (resumable), then score the prepared images")
-    p.add_argument("--registration", choices=("fast", "accurate"), default="fast",
-                   help="registration of --prepare (default fast)")
+    _add_prepare_options(p, "INPUT is a native-space BIDS dataset: run 'anomaly prepare' on the subjects "
+                            "to score into OUT/prepared first (resumable), then score the prepared images")
 
 
 def _add_prepare(sub, common) -> None:
@@ -199,7 +202,7 @@ def _add_prepare(sub, common) -> None:
                                    "the native brain mask and a QC figure per subject. Resumable.")
     p.add_argument("bids_dir", type=Path, help="BIDS dataset in native (scanner) space; every subject needs a T1w")
     p.add_argument("--out", type=Path, required=True, help="prepared dataset folder (new, or a run to resume)")
-    p.add_argument("--registration", choices=("fast", "accurate"), default="fast",
+    p.add_argument("--registration", choices=REGISTRATION_MODES, default="fast",
                    help="fast (default; ANTs quick SyN on a 2 mm template) or accurate (full SyN; slower)")
     p.add_argument("--resolution", type=_resolution, default=2.0, help="voxel size of the written images (default 2)")
     p.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
