@@ -89,8 +89,12 @@ CONFIGS: dict[str, dict] = {
     "mse+cur-confidence": {"loss": "mse", "curriculum": "confidence"},
     "mse+cur-self-paced": {"loss": "mse", "curriculum": "self-paced"},
     "mse+cur-random": {"loss": "mse", "curriculum": "random"},
+    "mae": {"loss": "mae"},
+    "mse-pooled": {"loss": "mse", "standardise": "pooled"},
+    "mse-gated": {"loss": "mse", "architecture": "gated", "standardise": "pooled"},
+    "mse-gated-rs": {"loss": "mse", "architecture": "gated"},
 }
-QUICK = ["mse", "mse-identity", "coral", "rank", "soft", "mse+lds", "mse+cur-confidence", "mse+cur-random"]
+QUICK = ["mse", "mae", "mse-gated", "coral", "rank", "soft", "mse+lds", "mse+cur-confidence", "mse+cur-random"]
 
 
 def truth_paths(truth: str | Path) -> tuple[Path, Path]:

@@ -59,7 +59,7 @@ def test_conformal_quantile_by_hand():
 
 def test_conformal_coverage_on_held_out_patients():
     cohort = simulate_region_bags(60, n_regions=16, seed=1)
-    est = MILRegressor(epochs=60, n_seeds=1, hidden=8)
+    est = MILRegressor(epochs=150, n_seeds=1)
     res = cross_validate(cohort.bags, cohort.crs, est, cv="kfold:5", alpha=0.1, n_bootstrap=50, baselines=False,
                          progress=False)
     residuals = np.abs(res.predictions["crs"] - res.predictions["crs_pred_mil"]).to_numpy()

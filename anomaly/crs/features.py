@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from anomaly.constants import lesion_sign
 from anomaly.io import AnomalyInputError, read_table
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_GLOBAL_FEATURES",
     "RegionBags",
     "bags_from_tables",
+    "damage_sign",
     "feature_group",
     "find_region_tables",
     "load_region_bags",
@@ -53,6 +55,32 @@ def feature_group(name: str) -> str:
     ``"anomaly_p95"`` -> ``"anomaly"``. Missingness is shared within a group.
     """
     return name.split("_", 1)[0]
+
+
+def damage_sign(name: str) -> float:
+    """Direction in which a feature grows with damage: +1, -1, or 0 (either way).
+
+    * the combined anomaly (``anomaly_*``) and fractions of abnormal voxels
+      (``*_frac_*``): +1;
+    * a level in percent of normal (``*percent*``, e.g. the global cortical PET
+      level): -1;
+    * a modality's z or focal deviation (``pet_z_mean``, ``pet_focal_logratio_z``,
+      ``FLAIR_z_p95``...): the direction its lesions push it
+      (:func:`anomaly.constants.lesion_sign`: -1 for PET and T1w, +1 for FLAIR...),
+      0 (two-sided) for a modality without a known direction;
+    * anything else: 0.
+
+    The signed regressor (:mod:`anomaly.crs.signed`) constrains more damage never to
+    raise the predicted CRS-R along these directions.
+    """
+    group = feature_group(name)
+    if group == "anomaly" or "_frac_" in name:
+        return 1.0
+    if "percent" in name:
+        return -1.0
+    if "_z" in name or "focal" in name:
+        return float(lesion_sign(group))
+    return 0.0
 
 
 @dataclass

@@ -43,6 +43,7 @@ __all__ = [
     "huber_loss",
     "kappa_loss",
     "lds_weights",
+    "mae_loss",
     "mse_loss",
     "parse_loss",
     "rank_loss",
@@ -56,6 +57,7 @@ N_LEVELS = CRS_LEVELS
 #: loss name -> output head it trains ("rank" uses the primary head's prediction).
 LOSSES: dict[str, str | None] = {
     "mse": "scalar",
+    "mae": "scalar",
     "huber": "scalar",
     "coral": "coral",
     "corn": "corn",
@@ -63,7 +65,7 @@ LOSSES: dict[str, str | None] = {
     "kappa": "softmax",
     "soft": "softmax",
 }
-_ALIASES = {"l2": "mse", "qwk": "kappa", "ranknet": "rank", "ranking": "rank", "soft_labels": "soft",
+_ALIASES = {"l2": "mse", "l1": "mae", "qwk": "kappa", "ranknet": "rank", "ranking": "rank", "soft_labels": "soft",
             "softlabel": "soft", "softlabels": "soft", "smoothl1": "huber"}
 
 
@@ -140,6 +142,11 @@ def _levels(n_levels: int, like: torch.Tensor) -> torch.Tensor:
 def mse_loss(score: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Weighted mean squared error; ``score`` (S, N) and ``target`` (N,) on one scale."""
     return _wmean((score - target) ** 2, w)
+
+
+def mae_loss(score: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Weighted mean absolute error (the median regression the CRS-R's MAE scores)."""
+    return _wmean((score - target).abs(), w)
 
 
 def huber_loss(score: torch.Tensor, target: torch.Tensor, w: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
@@ -324,6 +331,8 @@ class LossSpec:
                 continue
             if name == "mse":
                 term = mse_loss(out["scalar"], y_std, w)
+            elif name == "mae":
+                term = mae_loss(out["scalar"], y_std, w)
             elif name == "huber":
                 term = huber_loss(out["scalar"], y_std, w)
             elif name == "coral":

@@ -38,7 +38,7 @@ from anomaly.constants import CRS_LEVELS, CRS_MAX
 from anomaly.io import resolve_device
 
 from .curriculum import CURRICULA, curriculum_masks, curriculum_order, pacing_sizes
-from .features import RegionBags, as_region_bags, feature_group
+from .features import RegionBags, as_region_bags, damage_sign, feature_group
 from .losses import (
     LossSpec,
     coral_point,
@@ -47,11 +47,26 @@ from .losses import (
     lds_weights,
     softmax_point,
 )
+from .regions import region_descriptors
+from .signed import SignedMILNet
 
 __all__ = ["EnsembleMILNet", "MILNet", "MILRegressor"]
 
 #: Links of the scalar head (see MILRegressor's ``link``).
 LINKS = ("identity", "log")
+#: Networks (see MILRegressor's ``architecture``).
+ARCHITECTURES = ("signed", "gated")
+#: Feature standardisations (see MILRegressor's ``standardise``).
+STANDARDISATIONS = ("region", "pooled")
+# Default learning rate of each architecture.
+_DEFAULT_LR = {"signed": 0.05, "gated": 0.01}
+# Pseudo-count of bags with which a region's SD is shrunk towards the pooled SD.
+_SD_SHRINK_BAGS = 5.0
+# Floor of a region's SD, as a fraction of the pooled SD.
+_SD_FLOOR = 0.5
+# Standardised inputs are clipped to +-this: a bag far outside the training range
+# saturates instead of extrapolating (clipping keeps the sign constraints).
+_INPUT_CLIP = 5.0
 # Bound of the log-link score: exp(4) x the mean label covers 0..23 for any mean >= 0.5.
 _LOG_SCORE_MAX = 4.0
 
@@ -163,49 +178,43 @@ class MILNet(nn.Module):
 
 
 class EnsembleMILNet(nn.Module):
-    """``S`` independent :class:`MILNet` members stored as stacked weights.
+    """``S`` independent members (:class:`MILNet` or :class:`~anomaly.crs.signed.SignedMILNet`) as stacked weights.
 
     The members' parameters are stacked along a leading member axis
     (:func:`torch.func.stack_module_state`) under the members' own names, and the
     forward pass maps one member's network over that axis
-    (:func:`torch.func.vmap` of :func:`torch.func.functional_call`).
+    (:func:`torch.func.vmap` of :func:`torch.func.functional_call`). Buffers (fixed
+    inputs such as region descriptors) are the same for every member: one copy is kept.
 
     Parameters
     ----------
-    n_members : int
-        Ensemble size ``S``.
-    n_inputs, n_regions, n_globals, hidden, region_embedding, attention_dim, heads
-        See :class:`MILNet`.
+    members : sequence of nn.Module
+        Networks of the same architecture, each initialised from its own seed.
+    channels : int
+        Width of the instance embedding that channel dropout masks.
     dropout : float
         Dropout of instance-embedding channels during training (one mask per bag
         and member, shared by the bag's regions).
-    seeds : sequence of int
-        One initialisation seed per member.
     """
 
-    def __init__(self, *, n_members: int, n_inputs: int, n_regions: int, n_globals: int, hidden: int,
-                 region_embedding: int, attention_dim: int, dropout: float, heads: Sequence[str],
-                 seeds: Sequence[int]) -> None:
+    def __init__(self, members: Sequence[nn.Module], *, channels: int, dropout: float) -> None:
         super().__init__()
-        if len(seeds) != n_members:
-            raise ValueError(f"{n_members} members need {n_members} seeds, got {len(seeds)}")
-        self.heads = list(heads)
+        first = members[0]
+        self.heads = list(first.heads)
         self.dropout = float(dropout)
-        self.n_globals = n_globals
-        members = [MILNet(n_inputs=n_inputs, n_regions=n_regions, n_globals=n_globals, hidden=hidden,
-                          region_embedding=region_embedding, attention_dim=attention_dim, heads=heads, seed=seed,
-                          dropout=dropout)
-                   for seed in seeds]
-        params, _ = stack_module_state(members)
+        self.channels = int(channels)
+        params, _ = stack_module_state(list(members))
         for name, tensor in params.items():
             self.register_parameter(name, nn.Parameter(tensor))
+        for name, tensor in first.named_buffers():
+            self.register_buffer(name, tensor.clone(), persistent=False)
         # The member network without weights (meta device): only its forward is used.
         # Kept out of the module tree so that the stacked weights are the only parameters.
-        self._template = (members[0].to("meta"),)
+        self._template = (first.to("meta"),)
 
     @property
     def n_members(self) -> int:
-        return int(self.w_in.shape[0])
+        return int(next(self.parameters()).shape[0])
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Forward pass of every member.
@@ -223,22 +232,29 @@ class EnsembleMILNet(nn.Module):
         """
         S, N = self.n_members, x.shape[0]
         params = dict(self.named_parameters())
+        buffers = dict(self.named_buffers())
         template = self._template[0]
         keep = None
         if self.training and self.dropout > 0:
             # Channel dropout shared by a bag's regions: one mask per (member, bag,
             # channel), drawn for all members at once outside the vmap.
-            H = self.w_in.shape[-1]
-            keep = (torch.rand(S, N, 1, H, device=x.device) >= self.dropout).to(x.dtype)
+            keep = (torch.rand(S, N, 1, self.channels, device=x.device) >= self.dropout).to(x.dtype)
 
         def member(p: dict[str, torch.Tensor], k: torch.Tensor | None) -> dict[str, torch.Tensor]:
-            return functional_call(template, p, (x, g, k))
+            return functional_call(template, (p, buffers), (x, g, k))
 
         return vmap(member, in_dims=(0, None if keep is None else 0))(params, keep)
 
 
 class MILRegressor(BaseEstimator):
-    """Gated-attention multiple-instance regressor of the CRS-R total score.
+    """Multiple-instance attention regressor of the CRS-R total score.
+
+    Two architectures share the losses, curricula, ensembling and input handling:
+    ``"signed"`` (default; :mod:`anomaly.crs.signed`: ~150 parameters per member,
+    per-channel log-sum-exp attention with a region prior from the atlas geometry, an
+    instance encoder that sees the global level, sign constraints so that more
+    damage never raises the prediction) and ``"gated"`` (the earlier gated-attention
+    network, Ilse et al. 2018, with a learned region embedding).
 
     Parameters
     ----------
@@ -249,18 +265,33 @@ class MILRegressor(BaseEstimator):
         the point prediction.
     loss_weights : mapping, optional
         Weights overriding those in ``loss``.
+    architecture : {"signed", "gated"}, default="signed"
+        Network (see above).
+    standardise : {"region", "pooled"}, default="region"
+        Feature standardisation over the training bags: per region and feature (the
+        region's SD shrunk towards the pooled SD with the weight of 5 bags, so that a
+        region seen in few bags stays stable), or per feature over all instances
+        pooled (earlier behaviour).
+    channels : int, default=4
+        ``"signed"``: instance channels, each pooled by its own attention.
+    prior_hidden : int, default=8
+        ``"signed"``: hidden units of the region-prior MLP.
     hidden : int, default=16
-        Instance embedding size.
-    region_embedding : int, default=4
-        Size of the learned region-identity embedding.
+        ``"gated"``: instance embedding size.
+    region_embedding : int, optional
+        Size of the learned region-identity embedding: default 4 for ``"gated"``; for
+        ``"signed"`` an embedding given to the region prior next to the atlas
+        descriptors, default 0 (2 when the atlas is not a shipped one).
     attention_dim : int, default=8
-        Gated-attention hidden size.
+        ``"gated"``: gated-attention hidden size.
     dropout : float, default=0.1
         Channel dropout of the instance embeddings (see :class:`EnsembleMILNet`).
     weight_decay : float, default=1e-3
         AdamW decoupled weight decay.
-    lr : float, default=1e-2
-        Initial learning rate (cosine-annealed to 5% over training).
+    lr : float, optional
+        Initial learning rate (cosine-annealed to 5% over training); default 0.05
+        for ``"signed"`` (its constrained weights live on a softplus scale) and 0.01
+        for ``"gated"``.
     epochs : int, default=300
     batch_size : int, optional
         Bags per step; None (default) trains full-batch, which for ~50 bags is both
@@ -323,13 +354,19 @@ class MILRegressor(BaseEstimator):
     """
 
     def __init__(self, loss: str | Mapping[str, float] = "mse", loss_weights: Mapping[str, float] | None = None,
-                 hidden: int = 16, region_embedding: int = 4, attention_dim: int = 8, dropout: float = 0.1,
-                 weight_decay: float = 1e-3, lr: float = 1e-2, epochs: int = 300, batch_size: int | None = None,
+                 architecture: str = "signed", standardise: str = "region", channels: int = 4,
+                 prior_hidden: int = 8,
+                 hidden: int = 16, region_embedding: int | None = None, attention_dim: int = 8, dropout: float = 0.1,
+                 weight_decay: float = 1e-3, lr: float | None = None, epochs: int = 300, batch_size: int | None = None,
                  n_seeds: int = 5, lds: bool = False, curriculum: str | None = None, curriculum_start: float = 0.4,
                  mcs_cut: float = 8, label_sd: float = 1.5, use_globals: bool = True, link: str = "log",
                  modality_dropout: float = 0.0, seed: int = 0, device: str = "cpu") -> None:
         self.loss = loss
         self.loss_weights = loss_weights
+        self.architecture = architecture
+        self.standardise = standardise
+        self.channels = channels
+        self.prior_hidden = prior_hidden
         self.hidden = hidden
         self.region_embedding = region_embedding
         self.attention_dim = attention_dim
@@ -353,14 +390,18 @@ class MILRegressor(BaseEstimator):
     # ------------------------------------------------------------------ validation
     def _validate_params(self) -> LossSpec:
         spec = LossSpec.parse(self.loss, self.loss_weights)
-        for name in ("hidden", "epochs", "n_seeds"):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        if self.standardise not in STANDARDISATIONS:
+            raise ValueError(f"standardise must be one of {', '.join(STANDARDISATIONS)}, got {self.standardise!r}")
+        for name in ("hidden", "epochs", "n_seeds", "channels", "prior_hidden"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if int(self.region_embedding) < 0 or int(self.attention_dim) < 1:
+        if (self.region_embedding is not None and int(self.region_embedding) < 0) or int(self.attention_dim) < 1:
             raise ValueError("region_embedding must be >= 0 and attention_dim >= 1")
         if not 0 <= float(self.dropout) < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if float(self.lr) <= 0 or float(self.weight_decay) < 0:
+        if (self.lr is not None and float(self.lr) <= 0) or float(self.weight_decay) < 0:
             raise ValueError("lr must be > 0 and weight_decay >= 0")
         if self.batch_size is not None and int(self.batch_size) < 2:
             raise ValueError(f"batch_size must be None or >= 2, got {self.batch_size}")
@@ -376,14 +417,33 @@ class MILRegressor(BaseEstimator):
 
     # ------------------------------------------------------------------ inputs
     def _fit_standardisation(self, bags: RegionBags) -> None:
+        """Centre and scale of every (region, feature), and of the global values."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-            flat = bags.features.reshape(-1, bags.features.shape[-1])
-            mean = np.nanmean(flat, axis=0)
-            scale = np.nanstd(flat, axis=0)
+            feats = bags.features.astype(np.float64)
+            if self.architecture == "signed":
+                feats = self._orient(feats, self.feature_names_)
+            flat = feats.reshape(-1, feats.shape[-1])
+            mean = np.nanmean(flat, axis=0)[None]  # (1, F)
+            scale = np.nanstd(flat, axis=0)[None]
+            if self.standardise == "region":
+                n = np.isfinite(feats).sum(0)  # (R, F)
+                r_mean = np.nanmean(feats, axis=0)
+                r_var = np.nanvar(feats, axis=0)
+                mean = np.where(n > 0, r_mean, mean)
+                # The pooled SD *within* regions: a region's constant offset is no spread.
+                scale = np.sqrt(np.nansum(r_var * n, axis=0) / np.maximum(n.sum(0), 1))[None]
+                # A region's variance shrunk towards the pooled one: stable with few bags.
+                var = (np.where(n > 1, r_var, 0.0) * n + _SD_SHRINK_BAGS * scale ** 2) / (n + _SD_SHRINK_BAGS)
+                # Floored: a region that barely varied in training (healthy in every
+                # bag) must not turn a new patient's lesion there into a 20-SD input.
+                scale = np.maximum(np.sqrt(var), _SD_FLOOR * scale)
             if bags.global_features is not None and self.use_globals:
-                gmean = np.nanmean(bags.global_features, axis=0)
-                gscale = np.nanstd(bags.global_features, axis=0)
+                graw = bags.global_features.astype(np.float64)
+                if self.architecture == "signed":
+                    graw = self._orient(graw, self.global_feature_names_)
+                gmean = np.nanmean(graw, axis=0)
+                gscale = np.nanstd(graw, axis=0)
             else:
                 gmean = gscale = np.zeros(0)
         # A feature never observed in training carries no information: centre 0, scale 1.
@@ -393,10 +453,29 @@ class MILRegressor(BaseEstimator):
         self.global_scale_ = np.where(np.isfinite(gscale) & (gscale > 1e-8), gscale, 1.0).astype(np.float64)
         self.groups_ = list(dict.fromkeys(feature_group(n) for n in self.feature_names_))
 
+    @staticmethod
+    def _orient(values: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """Raw values with the damage direction positive (:func:`damage_sign`).
+
+        A feature without a known direction is left as it is; the network gives it a
+        free (unconstrained) weight.
+        """
+        signs = np.array([damage_sign(n) for n in names], dtype=np.float64)
+        return values * np.where(signs == 0, 1.0, signs)
+
     def _design(self, bags: RegionBags) -> tuple[np.ndarray, np.ndarray | None]:
-        """Standardised instance inputs (N, R, F + n_groups) and global inputs (N, 2G)."""
-        x = (bags.features.astype(np.float64) - self.feature_mean_) / self.feature_scale_
+        """Standardised instance inputs (N, R, F + n_groups) and global inputs (N, 2G).
+
+        ``"signed"`` orients every value so that larger means more damage first.
+        """
+        signed = self.architecture == "signed"
+        x = bags.features.astype(np.float64)
+        if signed:
+            x = self._orient(x, self.feature_names_)
+        x = (x - self.feature_mean_) / self.feature_scale_
         miss = bags.missing | ~np.isfinite(x)
+        if signed:
+            x = np.clip(x, -_INPUT_CLIP, _INPUT_CLIP)
         x = np.where(miss, 0.0, x)  # missing -> the training mean
         group_of = np.array([self.groups_.index(feature_group(n)) for n in self.feature_names_])
         flags = np.zeros(x.shape[:2] + (len(self.groups_),))
@@ -406,7 +485,10 @@ class MILRegressor(BaseEstimator):
         g = None
         if len(self.global_feature_names_):
             graw = bags.global_features if bags.global_features is not None else np.full((len(bags), len(self.global_feature_names_)), np.nan)
-            gz = (graw.astype(np.float64) - self.global_mean_) / self.global_scale_
+            graw = graw.astype(np.float64)
+            if signed:
+                graw = self._orient(graw, self.global_feature_names_)
+            gz = (graw - self.global_mean_) / self.global_scale_
             gmiss = ~np.isfinite(gz)
             g = np.concatenate([np.where(gmiss, 0.0, gz), gmiss], axis=-1).astype(np.float32)
         return x, g
@@ -453,11 +535,9 @@ class MILRegressor(BaseEstimator):
         x, g = self._design(bags)
         device = resolve_device(self.device)
         n_members = int(self.n_seeds)
-        net = EnsembleMILNet(
-            n_members=n_members, n_inputs=x.shape[-1], n_regions=x.shape[1], n_globals=0 if g is None else g.shape[1],
-            hidden=int(self.hidden), region_embedding=int(self.region_embedding), attention_dim=int(self.attention_dim),
-            dropout=float(self.dropout), heads=spec.heads, seeds=[int(self.seed) * 1000 + k for k in range(n_members)],
-        )
+        net = self._build_network(n_members=n_members, n_inputs=x.shape[-1], n_regions=x.shape[1],
+                                  n_globals=0 if g is None else g.shape[1], heads=spec.heads,
+                                  seeds=[int(self.seed) * 1000 + k for k in range(n_members)])
         self._init_head_biases(net, y)
         net.to(device)
         self.loss_history_ = self._train(net, spec, x, g, y, sd, self.sample_weight_, masks, device)
@@ -470,8 +550,38 @@ class MILRegressor(BaseEstimator):
             raw = self._raw_points(x, g)
             for s in range(n_members):
                 A = np.stack([raw[s], np.ones_like(raw[s])], 1)
-                self.calibration_[s] = np.linalg.lstsq(A, y, rcond=None)[0]
+                slope, icpt = np.linalg.lstsq(A, y, rcond=None)[0]
+                if self.architecture == "signed" and slope < 0:
+                    # A negative map would undo the sign constraints: a constant instead.
+                    slope, icpt = 0.0, float(y.mean())
+                self.calibration_[s] = (slope, icpt)
         return self
+
+    def _build_network(self, *, n_members: int, n_inputs: int, n_regions: int, n_globals: int,
+                       heads: Sequence[str], seeds: Sequence[int]) -> EnsembleMILNet:
+        """The untrained ensemble for this estimator's architecture and the fitted layout."""
+        if len(seeds) != n_members:
+            raise ValueError(f"{n_members} members need {n_members} seeds, got {len(seeds)}")
+        if self.architecture == "signed":
+            desc = self.region_descriptors_
+            n_flags = n_inputs - len(self.feature_names_)
+            free_values = torch.tensor([damage_sign(n) == 0 for n in self.feature_names_], dtype=torch.bool)
+            free_globals = torch.tensor([damage_sign(n) == 0 for n in self.global_feature_names_], dtype=torch.bool)
+            members = [SignedMILNet(n_values=len(self.feature_names_), free_values=free_values,
+                                    free_globals=free_globals, n_flags=n_flags, n_globals=n_globals,
+                                    channels=int(self.channels),
+                                    descriptors=None if desc is None else torch.as_tensor(desc),
+                                    n_regions=n_regions, region_embedding=int(self.region_embedding or 0),
+                                    prior_hidden=int(self.prior_hidden), heads=heads, seed=s,
+                                    dropout=float(self.dropout))
+                       for s in seeds]
+            return EnsembleMILNet(members, channels=int(self.channels), dropout=float(self.dropout))
+        embedding = 4 if self.region_embedding is None else int(self.region_embedding)
+        members = [MILNet(n_inputs=n_inputs, n_regions=n_regions, n_globals=n_globals, hidden=int(self.hidden),
+                          region_embedding=embedding, attention_dim=int(self.attention_dim),
+                          heads=heads, seed=s, dropout=float(self.dropout))
+                   for s in seeds]
+        return EnsembleMILNet(members, channels=int(self.hidden), dropout=float(self.dropout))
 
     def _check_targets(self, bags: RegionBags, y: Sequence[float], y_sd: Sequence[float] | None,
                        spec: LossSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -501,6 +611,8 @@ class MILRegressor(BaseEstimator):
         self.region_names_ = list(bags.region_names)
         self.global_feature_names_ = list(bags.global_feature_names) if (self.use_globals and bags.global_features is not None) else []
         self.atlas_ = bags.atlas
+        self.region_descriptors_ = (region_descriptors(bags.atlas, self.region_index_)
+                                    if self.architecture == "signed" else None)
         self._fit_standardisation(bags)
         self.n_features_in_ = len(self.feature_names_)
         self.y_mean_ = float(y.mean())
@@ -579,8 +691,9 @@ class MILRegressor(BaseEstimator):
         wt = torch.as_tensor(weight, dtype=torch.float32, device=device)
         mt = None if masks is None else torch.as_tensor(masks, dtype=torch.float32, device=device)
         epochs = int(self.epochs)
-        opt = torch.optim.AdamW(net.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=0.05 * float(self.lr))
+        lr = float(self.lr) if self.lr is not None else _DEFAULT_LR[self.architecture]
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=float(self.weight_decay))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=0.05 * lr)
         n = len(y)
         bs = n if self.batch_size is None else min(int(self.batch_size), n)
         history = np.zeros(epochs)

@@ -49,9 +49,14 @@ sha256_file = sha256
 # Fitted estimator attributes stored in the metadata (arrays as lists).
 _STATE = ("feature_names_", "region_index_", "region_names_", "global_feature_names_", "atlas_", "groups_",
           "feature_mean_", "feature_scale_", "global_mean_", "global_scale_", "y_mean_", "y_scale_",
-          "calibration_", "n_features_in_")
+          "calibration_", "n_features_in_", "region_descriptors_")
 _ARRAYS = {"region_index_": np.int64, "feature_mean_": np.float64, "feature_scale_": np.float64,
-           "global_mean_": np.float64, "global_scale_": np.float64, "calibration_": np.float64}
+           "global_mean_": np.float64, "global_scale_": np.float64, "calibration_": np.float64,
+           "region_descriptors_": np.float32}
+# State added after the first format: its value in folders written before.
+_STATE_DEFAULTS = {"region_descriptors_": None}
+# Parameters added after the first format: the value that reproduces older folders.
+_PARAM_DEFAULTS = {"architecture": "gated", "standardise": "pooled"}
 # What differs between the fold models of one cross-validation (their layout is the
 # final model's: same regions, features and groups).
 _FOLD_STATE = ("feature_mean_", "feature_scale_", "global_mean_", "global_scale_", "y_mean_", "y_scale_",
@@ -171,9 +176,11 @@ def _estimator_record(estimator: MILRegressor, prefix: str) -> tuple[dict[str, A
         for s in range(net.n_members):
             # One state dict per ensemble member, prefixed: member000.w_in, ...
             tensors[f"{prefix}member{s:03d}.{name}"] = param.detach()[s].cpu().contiguous().clone()
+    n_inputs = len(estimator.feature_names_) + len(estimator.groups_)  # values + missing flags
     record = {"params": estimator.get_params(),
-              "network": {"n_members": net.n_members, "n_inputs": int(net.w_in.shape[1]),
-                          "n_regions": int(estimator.region_index_.size), "n_globals": int(net.n_globals),
+              "network": {"n_members": net.n_members, "n_inputs": n_inputs,
+                          "n_regions": int(estimator.region_index_.size),
+                          "n_globals": 2 * len(estimator.global_feature_names_),
                           "heads": list(net.heads), "parameters_per_member": estimator.n_parameters()}}
     return record, tensors
 
@@ -224,18 +231,22 @@ def load_crs_model(folder: str | os.PathLike) -> CRSModel:
 
 def _estimator_from(meta: Mapping[str, Any]) -> MILRegressor:
     """The estimator with its parameters and fitted state, network not yet attached."""
-    est = MILRegressor(**meta["params"])
+    est = MILRegressor(**{**_PARAM_DEFAULTS, **meta["params"]})
     _set_state(est, meta["state"], _STATE)
     return est
 
 
 def _set_state(est: MILRegressor, state: Mapping[str, Any], keys: tuple[str, ...]) -> None:
     for k in keys:
-        v = state[k]
-        if k in _ARRAYS:
+        v = state[k] if k in state or k not in _STATE_DEFAULTS else _STATE_DEFAULTS[k]
+        if k in _ARRAYS and v is not None:
             v = np.asarray(v, dtype=_ARRAYS[k])
-            if k in ("global_mean_", "global_scale_", "feature_mean_", "feature_scale_"):
+            if k in ("global_mean_", "global_scale_"):
                 v = v.reshape(-1)
+            elif k in ("feature_mean_", "feature_scale_"):
+                v = v.reshape(-1, len(est.feature_names_))  # (1, F) pooled or (R, F) per region
+            elif k == "region_descriptors_":
+                v = v.reshape(len(est.region_index_), -1)
         setattr(est, k, v)
     est.calibration_ = np.asarray(state["calibration_"], dtype=np.float64).reshape(-1, 2)
 
@@ -245,7 +256,7 @@ def _cv_plus_from(record: Mapping[str, Any], final: MILRegressor,
     """The fold models (the final model's layout, their own state and weights) and residuals."""
     models = []
     for k, fold in enumerate(record["folds"]):
-        est = MILRegressor(**fold["params"])
+        est = MILRegressor(**{**_PARAM_DEFAULTS, **fold["params"]})
         _set_state(est, {key: getattr(final, key) for key in _STATE}, _STATE)  # the shared layout
         _set_state(est, fold["state"], _FOLD_STATE)
         est.net_ = _network_from(fold, est, tensors, f"fold{k:03d}.").eval()
@@ -267,12 +278,9 @@ def _network_from(meta: Mapping[str, Any], est: MILRegressor, tensors: dict[str,
     if list(netinfo["heads"]) != spec.heads:
         raise ValueError("heads do not match the loss")
     n_members = int(netinfo["n_members"])
-    net = EnsembleMILNet(
-        n_members=n_members, n_inputs=int(netinfo["n_inputs"]), n_regions=int(netinfo["n_regions"]),
-        n_globals=int(netinfo["n_globals"]), hidden=int(est.hidden), region_embedding=int(est.region_embedding),
-        attention_dim=int(est.attention_dim), dropout=float(est.dropout), heads=netinfo["heads"],
-        seeds=list(range(n_members)),
-    )
+    net = est._build_network(n_members=n_members, n_inputs=int(netinfo["n_inputs"]),
+                             n_regions=int(netinfo["n_regions"]), n_globals=int(netinfo["n_globals"]),
+                             heads=netinfo["heads"], seeds=list(range(n_members)))
     with torch.no_grad():
         for name, param in net.named_parameters():
             stacked = torch.stack([tensors.pop(f"{prefix}member{s:03d}.{name}") for s in range(n_members)])
