@@ -91,10 +91,13 @@ CONFIGS: dict[str, dict] = {
     "mse+cur-random": {"loss": "mse", "curriculum": "random"},
     "mae": {"loss": "mae"},
     "mse-pooled": {"loss": "mse", "standardise": "pooled"},
+    "mse-geometry": {"loss": "mse", "region_prior": "geometry"},
+    "mse-aa": {"loss": "mse", "link": "arousal-awareness"},
+    "mae-aa": {"loss": "mae", "link": "arousal-awareness"},
     "mse-gated": {"loss": "mse", "architecture": "gated", "standardise": "pooled"},
     "mse-gated-rs": {"loss": "mse", "architecture": "gated"},
 }
-QUICK = ["mse", "mae", "mse-gated", "coral", "rank", "soft", "mse+lds", "mse+cur-confidence", "mse+cur-random"]
+QUICK = ["mse", "mae", "mse-geometry", "mse-gated", "coral", "rank", "soft", "mse+lds", "mse+cur-confidence", "mse+cur-random"]
 
 
 def truth_paths(truth: str | Path) -> tuple[Path, Path]:
@@ -222,7 +225,7 @@ def config_names(configs: list[str] | None, quick: bool) -> list[str]:
 def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = False, scores_dir=None,
         participants=None, truth=None, atlas=None, n_patients: int = 50, seed: int = 0, n_bootstrap: int = 1000,
         params: dict | None = None, threads: int | None = 1, features=None, global_features=None,
-        jobs: int = 1) -> dict:
+        jobs: int = 1, new_cohort: tuple | None = None) -> dict:
     """Run the benchmark and return its results as data.
 
     Parameters mirror the command line (``quick``: ``kfold:5`` instead of ``loo`` and
@@ -230,7 +233,10 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
     ``torch.set_num_threads`` (None: leave it). ``features`` and ``global_features``
     choose the columns every model (MIL and ridge) sees, as ``anomaly fit-crs
     --features / --global-features`` (default: its defaults). ``jobs``: folds fitted in
-    parallel processes.
+    parallel processes. ``new_cohort``: (scores_dir, participants, truth) of another
+    scored cohort whose patients check the intervals of the model fitted on this one
+    (default for a scored cohort: no interval check; for the synthetic one: 200 new
+    synthetic patients).
 
     Returns
     -------
@@ -277,8 +283,16 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
         "attention": attention, "region_names": list(bags.region_names), "causal": causal.tolist(),
     }
     result["differences"] = baseline_differences(result, n_bootstrap=n_bootstrap, seed=seed)
-    synthetic = scores_dir is None
-    result["intervals"] = interval_check(cv_plus, bags, y, y_sd, seed=seed) if synthetic else None
+    result["by_pet"] = mae_by_pet(predictions, bags)
+    if new_cohort is not None:
+        new = load_scored(*new_cohort, atlas)
+        new_bags = select_features(new["bags"], list(bags.feature_names), list(bags.global_feature_names) or "none")
+        result["intervals"] = interval_check(cv_plus, bags, y, y_sd, new=(new_bags, new["y"]))
+        result["settings"]["new_cohort"] = [str(p) for p in new_cohort]
+    elif scores_dir is None:
+        result["intervals"] = interval_check(cv_plus, bags, y, y_sd, seed=seed)
+    else:
+        result["intervals"] = None
     result["targets"] = check_targets(result)
     return result
 
@@ -314,24 +328,30 @@ def _run_configs(names, bags, y, y_sd, causal, predictions: pd.DataFrame, *, cv,
         loc = roc_auc_score(causal, attention[name]) if causal is not None else float("nan")
         rows.append({"model": f"MIL {name}", **{m: cell(res.metrics, "mil", m) for m in METRIC_COLUMNS},
                      "mae_est": res.metric("mil", "mae"), "spearman_est": res.metric("mil", "spearman"),
-                     "loc_auroc": loc, "seconds": wall, "cpu_s": cpu})
+                     "qwk_est": res.metric("mil", "qwk"), "loc_auroc": loc, "seconds": wall, "cpu_s": cpu})
         log(f"[{i + 1}/{len(names)}] {name}: MAE {rows[-1]['mae']}, loc {loc:.3f}, {wall:.0f} s wall, "
             f"{cpu:.0f} s CPU")
     return rows, attention, baselines, cv_plus
 
 
-def interval_check(cv_plus, bags, y, y_sd, *, n_new: int = 200, seed: int = 0) -> pd.DataFrame:
-    """Coverage and mean width of the ~90% intervals on new synthetic patients.
+def interval_check(cv_plus, bags, y, y_sd, *, n_new: int = 200, seed: int = 0,
+                   new: tuple | None = None) -> pd.DataFrame:
+    """Coverage and mean width of the ~90% intervals on new patients.
 
     ``cv_plus`` is the primary configuration's (CV+ intervals, conformal radius, MIL
-    parameters). The new patients come from the same generator with another seed; the
-    symmetric interval (final model +- the CV residual quantile, the previous method) is
-    shown beside CV+. Rows: every new patient, and the new patients without PET.
+    parameters). The new patients are ``new`` (bags, labels: another scored cohort) or
+    come from the synthetic generator with another seed; the symmetric interval (final
+    model +- the CV residual quantile, the previous method) is shown beside CV+. Rows:
+    every new patient, and the new patients without PET.
     """
     intervals, radius, params = cv_plus
     final = MILRegressor(**params).fit(bags, y, y_sd)
-    new = simulate_region_bags(n_new, seed=seed + 1000)
-    new_bags = select_features(new.bags, list(bags.feature_names), list(bags.global_feature_names) or "none")
+    if new is None:
+        cohort = simulate_region_bags(n_new, seed=seed + 1000)
+        new_bags = select_features(cohort.bags, list(bags.feature_names), list(bags.global_feature_names) or "none")
+        new_y = cohort.crs
+    else:
+        new_bags, new_y = new
     pred = final.predict(new_bags)
     cv_lo, cv_hi = intervals.interval(new_bags)
     cv_lo, cv_hi = np.minimum(cv_lo, pred), np.maximum(cv_hi, pred)
@@ -341,9 +361,23 @@ def interval_check(cv_plus, bags, y, y_sd, *, n_new: int = 200, seed: int = 0) -
     for method, lo, hi in (("CV+", cv_lo, cv_hi), ("symmetric (previous)", sym_lo, sym_hi)):
         for who, keep in (("all new patients", np.ones_like(no_pet)), ("without PET", no_pet)):
             if keep.any():
-                inside = (new.crs >= lo) & (new.crs <= hi)
+                inside = (new_y >= lo) & (new_y <= hi)
                 rows.append({"interval": method, "patients": who, "n": int(keep.sum()),
                              "coverage": float(inside[keep].mean()), "mean_width": float((hi - lo)[keep].mean())})
+    return pd.DataFrame(rows)
+
+
+def mae_by_pet(predictions: pd.DataFrame, bags) -> pd.DataFrame:
+    """Out-of-fold MAE of every model among the patients with PET and those without."""
+    no_pet = np.array(["pet" in p for p in missing_groups(bags, modality_groups(bags))])
+    y = predictions["crs"].to_numpy(float)
+    rows = []
+    for col in [c for c in predictions.columns if c.startswith("crs_pred_")]:
+        err = np.abs(predictions[col].to_numpy(float) - y)
+        for who, keep in (("with PET", ~no_pet), ("without PET", no_pet)):
+            if keep.any():
+                rows.append({"model": col.removeprefix("crs_pred_"), "patients": who, "n": int(keep.sum()),
+                             "mae": float(err[keep].mean())})
     return pd.DataFrame(rows)
 
 
@@ -353,7 +387,8 @@ def _final_table(rows: list[dict], baselines, floor: float) -> pd.DataFrame:
     for base in BASELINES:
         rows.append({"model": base, **{m: cell(baselines.metrics, base, m) for m in METRIC_COLUMNS},
                      "mae_est": baselines.metric(base, "mae"), "spearman_est": baselines.metric(base, "spearman"),
-                     "loc_auroc": float("nan"), "seconds": baselines.seconds[base], "cpu_s": float("nan")})
+                     "qwk_est": baselines.metric(base, "qwk"), "loc_auroc": float("nan"),
+                     "seconds": baselines.seconds[base], "cpu_s": float("nan")})
     rows.append({"model": "oracle (crs_true)", **{m: "" for m in METRIC_COLUMNS[1:]},
                  "mae": f"{floor:.2f}", "mae_est": floor, "spearman_est": float("nan"), "loc_auroc": float("nan"),
                  "seconds": 0.0, "cpu_s": float("nan")})
@@ -511,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default: anomaly fit-crs's, anomaly_mean)")
     ap.add_argument("--global-features", help="subject-level values, comma-separated, 'all' or 'none' "
                                               "(default: global_cortical_pet_percent)")
+    ap.add_argument("--new-cohort", nargs=3, metavar=("SCORES_DIR", "PARTICIPANTS", "TRUTH"),
+                    help="another scored cohort: the model fitted on this one gives its patients CV+ "
+                         "intervals, whose coverage and width are reported")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     ap.add_argument("--jobs", type=int, default=1, help="CV folds fitted in parallel processes (default 1)")
     return ap
@@ -540,7 +578,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = run(configs=names, cv=args.cv, quick=args.quick, scores_dir=args.scores_dir,
                      participants=args.participants, truth=args.truth, atlas=args.atlas, n_patients=args.n_patients,
                      seed=args.seed, n_bootstrap=args.n_bootstrap, params=json.loads(args.params),
-                     threads=args.threads, features=args.features, global_features=args.global_features, jobs=args.jobs)
+                     threads=args.threads, features=args.features, global_features=args.global_features, jobs=args.jobs,
+                     new_cohort=tuple(args.new_cohort) if args.new_cohort else None)
     except AnomalyInputError as exc:  # e.g. a --features name the tables lack
         ap.error(str(exc))
     print(f"\nCRS-R benchmark: n={result['n']}, {result['n_regions']} regions, cv={result['cv']}, "
@@ -550,8 +589,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(text_table(result))
     print(f"MIL {primary_config(result)} minus each baseline, paired bootstrap (MAE below 0 / QWK above 0 is better):")
     print(result["differences"].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print("out-of-fold MAE by PET availability:")
+    print(result["by_pet"].pivot(index="model", columns="patients", values="mae").to_string(
+        float_format=lambda v: f"{v:.2f}"))
     if result["intervals"] is not None:
-        print(f"~{100 * (1 - 0.1):.0f}% intervals of MIL {primary_config(result)} on 200 new synthetic patients:")
+        where = "the new cohort" if args.new_cohort else "200 new synthetic patients"
+        print(f"~{100 * (1 - 0.1):.0f}% intervals of MIL {primary_config(result)} on {where}:")
         print(result["intervals"].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if result["loc_corr"]:
         print("group-correlation localisation AUROC (|rho|): "

@@ -232,7 +232,9 @@ def test_fit_crs_feature_choice_reaches_model_and_cli_errors(dataset, tmp_path, 
     from anomaly.cli.main import main
 
     meta = json.loads((dataset["model"] / "metadata.json").read_text())
-    assert meta["feature_names"] == ["anomaly_mean"]  # the default
+    # The default: each modality's mean z (and the focal PET log ratio where scored).
+    assert set(meta["feature_names"]) >= {"T1w_z_mean", "FLAIR_z_mean", "pet_z_mean"}
+    assert set(meta["feature_names"]) <= {"T1w_z_mean", "FLAIR_z_mean", "pet_z_mean", "pet_focal_logratio_z"}
     assert meta["state"]["global_feature_names_"] == ["global_cortical_pet_percent"]
     out = tmp_path / "m"
     rc = main(["fit-crs", str(dataset["scores"]), "--participants", str(dataset["participants"]), "--out", str(out),

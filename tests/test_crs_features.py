@@ -85,13 +85,19 @@ def test_select_keeps_the_named_columns_in_order(tmp_path):
 
 
 def test_select_features_defaults_all_none_and_errors(tmp_path):
-    from anomaly.crs import DEFAULT_FEATURES, select_features
+    from anomaly.crs import select_features
+    from anomaly.crs.features import default_features
 
     write_table(tmp_path, "sub-01")
     bags = load_region_bags(tmp_path)
     assert bags.global_features is None  # no scores JSON: no PET level to default to
     default = select_features(bags)
-    assert default.feature_names == list(DEFAULT_FEATURES) and default.global_feature_names == []
+    # Each modality's mean z by default (the focal PET log ratio too, when present) ...
+    assert default.feature_names == ["T1w_z_mean", "pet_z_mean"] and default.global_feature_names == []
+    names = ["anomaly_mean", "pet_z_mean", "pet_focal_z_mean", "pet_focal_logratio_z", "ADC_z_mean", "ADC_z_p95"]
+    assert default_features(names) == ["pet_z_mean", "pet_focal_logratio_z", "ADC_z_mean"]
+    # ... and the combined anomaly for tables without them.
+    assert default_features(["anomaly_mean", "anomaly_p95"]) == ["anomaly_mean"]
     bags.global_features = np.array([[52.0, 61.0]], np.float32)
     bags.global_feature_names = ["global_cortical_pet_percent", "age"]
     default = select_features(bags)

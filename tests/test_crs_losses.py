@@ -41,7 +41,7 @@ def test_parse_loss_rejects(bad):
 def test_each_loss_decreases_and_orders(loss, architecture, rng):
     X, y = toy_bags(rng)
     # The toy's columns are unnamed: the signed network gives them free-signed weights.
-    settings = {"signed": dict(epochs=150), "gated": dict(epochs=80, hidden=8, region_embedding=2, lr=3e-2)}
+    settings = {"signed": {"epochs": 150}, "gated": {"epochs": 80, "hidden": 8, "region_embedding": 2, "lr": 3e-2}}
     model = MILRegressor(loss=loss, architecture=architecture, n_seeds=2, dropout=0.0, seed=1,
                          **settings[architecture]).fit(X, y)
     hist = model.loss_history_

@@ -27,17 +27,23 @@ __all__ = [
     "RegionBags",
     "bags_from_tables",
     "damage_sign",
+    "default_features",
     "feature_group",
     "find_region_tables",
     "load_region_bags",
     "select_features",
 ]
 
-#: Region-table columns the CRS-R regressor uses by default: the normative model's
-#: combined anomaly of each region. On three simulated coma cohorts (~50 patients,
-#: 135 regions), adding the per-modality statistics (19 columns in all) made the MIL
-#: regressor worse every time (README, "CRS-R"); ``features="all"`` restores them.
-DEFAULT_FEATURES = ("anomaly_mean",)
+#: Region-table columns the CRS-R regressor uses by default (regular expressions): the
+#: focal PET deviation (log ratio to the subject's own cortex, against the controls)
+#: and each modality's mean z, whose missing values say which modality a subject
+#: lacks. ``anomaly_mean`` (the combined map) changes meaning when a modality is
+#: missing; on the realistic pipeline cohort (README, "CRS-R") these columns gave the
+#: lower error, and a patient without PET kept a sensible estimate. Tables without
+#: them fall back to ``anomaly_mean``; ``features="all"`` gives every column.
+DEFAULT_FEATURES = (r"pet_focal_logratio_z", r"[A-Za-z0-9]+_z_mean")
+#: Used when no column matches :data:`DEFAULT_FEATURES` (tables of older versions).
+FALLBACK_FEATURES = ("anomaly_mean",)
 #: Subject-level values used by default: the global cortical metabolism level (% of
 #: normal), the best-established PET marker of consciousness recovery.
 DEFAULT_GLOBAL_FEATURES = ("global_cortical_pet_percent",)
@@ -503,6 +509,13 @@ def _names(value: str | Sequence[str] | None) -> str | list[str] | None:
     return [str(v).strip() for v in value if str(v).strip()]
 
 
+def default_features(names: Sequence[str]) -> list[str]:
+    """The columns of ``names`` that :data:`DEFAULT_FEATURES` selects, in table order
+    (:data:`FALLBACK_FEATURES` if none)."""
+    chosen = [n for n in names if any(re.fullmatch(p, n) for p in DEFAULT_FEATURES)]
+    return chosen or [f for f in FALLBACK_FEATURES if f in names]
+
+
 def select_features(bags: RegionBags, features: str | Sequence[str] | None = None,
                     global_features: str | Sequence[str] | None = None, *, where: str = "region tables") -> RegionBags:
     """Keep the region features and subject-level values the regressor should see.
@@ -525,7 +538,7 @@ def select_features(bags: RegionBags, features: str | Sequence[str] | None = Non
     """
     features, global_features = _names(features), _names(global_features)
     if features is None:
-        features = [f for f in DEFAULT_FEATURES if f in bags.feature_names] or "all"
+        features = default_features(bags.feature_names) or "all"
     if global_features is None:
         global_features = [g for g in DEFAULT_GLOBAL_FEATURES if g in bags.global_feature_names]
     try:

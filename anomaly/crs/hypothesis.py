@@ -32,7 +32,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from anomaly.constants import CRS_MAX
 
-from .features import RegionBags, as_region_bags
+from .features import RegionBags, as_region_bags, damage_sign
 
 __all__ = ["FAMILY_PATTERNS", "HypothesisBaseline", "family_deficits"]
 
@@ -57,14 +57,19 @@ def family_deficits(bags: RegionBags) -> np.ndarray:
     frontal deficits and the cortical level; NaN where unavailable.
 
     A region's deficit is its ``anomaly_mean`` (non-negative, higher = more abnormal);
-    without that column, the mean absolute value of the region's features.
+    without that column, the mean of the region's features turned in their damage
+    direction (:func:`anomaly.crs.features.damage_sign`: ``-pet_z_mean``,
+    ``+FLAIR_z_mean``...; ``|value|`` for a feature without a known direction).
     """
     if "anomaly_mean" in bags.feature_names:
         deficit = bags.features[:, :, bags.feature_names.index("anomaly_mean")].astype(np.float64)
     else:
+        signs = np.array([damage_sign(n) for n in bags.feature_names])
+        values = bags.features.astype(np.float64)
+        oriented = np.where(signs == 0, np.abs(values), values * signs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN regions stay NaN
-            deficit = np.nanmean(np.abs(bags.features.astype(np.float64)), axis=2)
+            deficit = np.nanmean(oriented, axis=2)
     columns = []
     for pattern in FAMILY_PATTERNS.values():
         members = np.array([re.search(pattern, name, re.IGNORECASE) is not None for name in bags.region_names])

@@ -56,7 +56,8 @@ _ARRAYS = {"region_index_": np.int64, "feature_mean_": np.float64, "feature_scal
 # State added after the first format: its value in folders written before.
 _STATE_DEFAULTS = {"region_descriptors_": None}
 # Parameters added after the first format: the value that reproduces older folders.
-_PARAM_DEFAULTS = {"architecture": "gated", "standardise": "pooled"}
+_PARAM_DEFAULTS = {"architecture": "gated", "standardise": "pooled", "region_prior": "geometry",
+                   "modality_dropout": 0.0}
 # What differs between the fold models of one cross-validation (their layout is the
 # final model's: same regions, features and groups).
 _FOLD_STATE = ("feature_mean_", "feature_scale_", "global_mean_", "global_scale_", "y_mean_", "y_scale_",

@@ -15,6 +15,12 @@ descriptors of each region, computed from the shipped atlas image:
 
 Deep midline regions (brainstem, thalami), posteromedial cortex and frontal cortex,
 the regions coma research points at, are then each a few weights away.
+
+:func:`hypothesis_prior` writes the literature's prior down as a starting point: the
+first channel starts attending to the arousal regions (brainstem, thalami), the second
+to the awareness regions (posteromedial and frontal cortex) of
+:data:`anomaly.crs.hypothesis.FAMILY_PATTERNS`; the network learns how much to keep
+(a gain per channel) and what to add.
 """
 
 from __future__ import annotations
@@ -25,10 +31,14 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["DESCRIPTORS", "region_descriptors"]
+__all__ = ["DESCRIPTORS", "PRIOR_CHANNELS", "hypothesis_prior", "region_descriptors"]
 
 #: Names of the descriptor columns, in order.
 DESCRIPTORS = ("abs_x", "x", "y", "z", "deep", "log_volume")
+#: Channels of the hypothesis prior and the region families each starts on.
+PRIOR_CHANNELS = (("arousal", ("brainstem", "thalamus")), ("awareness", ("posteromedial", "frontal")))
+# Prior logit of a family region over the others: e^3 ~ 20 times the attention.
+_PRIOR_LOGIT = 3.0
 # Centroid scale: half a brain's width, so that descriptors are about unit size.
 _MM_SCALE = 60.0
 
@@ -86,3 +96,20 @@ def region_descriptors(atlas: str | None, region_index: Sequence[int]) -> np.nda
     except KeyError:
         return None
     return desc[rows].astype(np.float32)
+
+
+def hypothesis_prior(region_names: Sequence[str], channels: int) -> np.ndarray | None:
+    """Prior attention logits (R, channels) from the arousal and awareness families.
+
+    Channel ``k < len(PRIOR_CHANNELS)`` gets :data:`_PRIOR_LOGIT` on the regions of its
+    families and 0 elsewhere; further channels start flat. None when no region of the
+    atlas matches a family (a user atlas with other names).
+    """
+    from .hypothesis import FAMILY_PATTERNS
+
+    prior = np.zeros((len(region_names), channels), dtype=np.float32)
+    for k, (_, families) in enumerate(PRIOR_CHANNELS[:channels]):
+        pattern = "|".join(f"(?:{FAMILY_PATTERNS[f]})" for f in families)
+        hits = [re.search(pattern, str(name), flags=re.IGNORECASE) is not None for name in region_names]
+        prior[np.asarray(hits, dtype=bool), k] = _PRIOR_LOGIT
+    return prior if prior.any() else None

@@ -91,6 +91,13 @@ class SignedMILNet(nn.Module):
     region_embedding : int
         Size of a learned per-region embedding given to the region prior next to the
         descriptors (at least 2 without descriptors).
+    prior_offset : tensor (R, K), optional
+        Fixed prior logits (:func:`anomaly.crs.regions.hypothesis_prior`) added to the
+        learned prior with a learned gain per channel (starting at 1).
+    product_head : bool, default=False
+        The scalar head gives two sign-constrained scores and returns
+        ``log sigmoid(s_1) + log sigmoid(s_2)`` (the regressor's
+        ``"arousal-awareness"`` link turns it into ``23 x exp(.)``).
     prior_hidden : int
         Hidden units of the region-prior MLP.
     heads : sequence of str
@@ -103,6 +110,7 @@ class SignedMILNet(nn.Module):
     def __init__(self, *, n_values: int, free_values: torch.Tensor | None = None,
                  free_globals: torch.Tensor | None = None, n_flags: int, n_globals: int, channels: int,
                  descriptors: torch.Tensor | None, n_regions: int, region_embedding: int, prior_hidden: int,
+                 prior_offset: torch.Tensor | None = None, product_head: bool = False,
                  heads: Sequence[str], seed: int, dropout: float = 0.0) -> None:
         super().__init__()
         K, G = channels, n_globals // 2
@@ -137,9 +145,15 @@ class SignedMILNet(nn.Module):
         add("prior_w1", _uniform(gen, (n_desc, prior_hidden), 1.0 / math.sqrt(n_desc)))
         add("prior_b1", _uniform(gen, (prior_hidden,), 1.0 / math.sqrt(n_desc)))
         add("prior_w2", _uniform(gen, (prior_hidden, K), 1.0 / math.sqrt(prior_hidden)))
+        if prior_offset is not None:
+            self.register_buffer("prior_offset", torch.as_tensor(prior_offset, dtype=torch.float32), persistent=False)
+            add("prior_gain", torch.ones(K))
         D = K + 2 * G
+        self.product_head = bool(product_head)
         for head in self.heads:
             n_w = 1 if head in ("coral", "corn") else _HEAD_OUT[head]
+            if head == "scalar" and self.product_head:
+                n_w = 2
             if head in SIGNED_HEADS:
                 # Weights on [z, dg] stored as free numbers w and used as -softplus(w).
                 # Ordinal logits need steeper slopes than the log-link score: start them
@@ -149,13 +163,16 @@ class SignedMILNet(nn.Module):
                 add(f"{head}_flag_weight", _uniform(gen, (G, n_w), 0.5))
             else:
                 add(f"{head}_weight", _uniform(gen, (D, n_w), 1.0 / math.sqrt(D)))
-            add(f"{head}_bias", torch.zeros(_HEAD_OUT[head]))
+            add(f"{head}_bias", torch.zeros(n_w if head == "scalar" else _HEAD_OUT[head]))
 
     def region_prior(self) -> torch.Tensor:
         """Prior attention logits ``rho`` (R, K)."""
         parts = [getattr(self, name) for name in ("descriptors", "region_embedding") if hasattr(self, name)]
         e = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
-        return torch.tanh(e @ self.prior_w1 + self.prior_b1) @ self.prior_w2
+        rho = torch.tanh(e @ self.prior_w1 + self.prior_b1) @ self.prior_w2
+        if hasattr(self, "prior_offset"):
+            rho = rho + self.prior_gain * self.prior_offset
+        return rho
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None,
                 keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -206,7 +223,9 @@ class SignedMILNet(nn.Module):
                 value = full @ w + getattr(self, f"{head}_bias")
                 if importance is None:
                     importance = w[: z.shape[1]].abs().sum(-1)
-            out[head] = value[..., 0] if head == "scalar" else value
+            if head == "scalar":
+                value = F.logsigmoid(value).sum(-1) if self.product_head else value[..., 0]
+            out[head] = value
         share = importance / importance.sum().clamp_min(1e-12)
         out["attention"] = torch.einsum("nrk,k->nr", channel_attention, share)
         return out
