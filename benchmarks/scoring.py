@@ -5,13 +5,15 @@ at 1.5 mm, as scanner images often come, the issue's cohort included), fits a vo
 z-score model and a small denoising autoencoder on a 2 mm grid (1 epoch: its quality
 does not matter for speed, its size does, so it has the default U-Net channels), then
 scores the patients as the command does, with and without figures, with ``--jobs 1``
-(model loaded once, next subject preprocessed in a background thread, NIfTI files
-written by another, figures drawn by a helper process) and ``--jobs 2`` (two worker
-processes, each loading the model once, one torch thread each).
+(model loaded once, next subject preprocessed and quality-checked in a background
+thread, output files written by another, figures drawn by a helper process; one torch
+and one BLAS thread) and ``--jobs 2`` (two worker processes, each loading the model
+once, one torch and one BLAS thread each).
 
-For each model the *floor* is measured separately, per subject, in one process:
-reading the subject's NIfTI files (nibabel, float32) plus, for the autoencoder, one
-forward pass of the network. Targets (issues #4 and #15, :mod:`benchmarks._targets`):
+For each model the *floor* is measured separately, per subject, in one process, in the
+same run: reading the subject's NIfTI files (nibabel, float32) plus, for the
+autoencoder, one forward pass of the network (the faster of one thread and all cores;
+see :func:`lower_bound`). Targets (issues #4 and #15, :mod:`benchmarks._targets`):
 at most 1 s per subject with figures, at most 2x the floor without.
 
 Seconds per subject are steady-state: the model is loaded and two subjects scored
@@ -134,22 +136,36 @@ def network_input(model, prep) -> tuple[np.ndarray, np.ndarray]:
 
 
 def lower_bound(model, subjects) -> tuple[float, float, float]:
-    """Mean seconds per subject: reading its NIfTI files, one forward pass, and both."""
-    import nibabel as nib
+    """Mean seconds per subject: reading its NIfTI files, one forward pass, and both.
 
-    read, forward = [], []
-    for subject in subjects:
+    Reading is what scoring reads: nibabel's scaled float32 data of every image. The
+    forward pass is timed with one torch thread and with torch's default number (all
+    cores), and the faster mean is kept: the fastest the pass can be on this machine
+    now (two threads on an idle machine; one when other jobs keep the cores busy, where
+    two threads spin waiting for each other and would inflate the floor several times).
+    The first subject is read and passed through once before the clock starts, so that
+    one-off costs (torch's first call, a cold file cache) do not inflate the floor either.
+    """
+    import nibabel as nib
+    import torch
+
+    default_threads = torch.get_num_threads()
+    read, forward = [], {threads: [] for threads in sorted({1, default_threads})}
+    for subject in [subjects[0], *subjects]:
         t0 = time.perf_counter()
         for path in subject.images.values():
             np.asarray(nib.load(path).get_fdata(dtype=np.float32))
         read.append(time.perf_counter() - t0)
         if model.network_ is not None:
             data, present = network_input(model, model.preprocess(subject.images))
-            t0 = time.perf_counter()
-            model.reconstruct(data, present)
-            forward.append(time.perf_counter() - t0)
-    r = float(np.mean(read))
-    f = float(np.mean(forward)) if forward else 0.0
+            for threads, seconds in forward.items():
+                torch.set_num_threads(threads)
+                t0 = time.perf_counter()
+                model.reconstruct(data, present)
+                seconds.append(time.perf_counter() - t0)
+            torch.set_num_threads(default_threads)
+    r = float(np.mean(read[1:]))  # without the warm-up
+    f = min(float(np.mean(seconds[1:])) for seconds in forward.values()) if model.network_ is not None else 0.0
     return r, f, r + f
 
 
@@ -245,15 +261,15 @@ def run(model_dir: Path, bids: Path, out_root: Path, figures: bool, n_jobs: int 
 
 
 def _run_serial(model_dir: Path, warmup, timed, out: Path, figures: bool, n_jobs: int) -> dict:
-    from anomaly.cli.score import score_jobs, torch_threads
+    from anomaly.cli.score import score_jobs
     from anomaly.cli.scorer import Scorer
-    from anomaly.cli.workers import threads_per_worker
+    from anomaly.cli.workers import compute_threads, threads_per_worker
     from anomaly.normative import NormativeModel
 
     t0 = time.perf_counter()
     model = NormativeModel.load(model_dir, device="cpu")
     # As the command does for a batch: figures in a helper process, torch threads shared out.
-    with Scorer(model) as scorer, torch_threads(threads_per_worker(2)):
+    with Scorer(model) as scorer, compute_threads(threads_per_worker(2)):
         if figures:
             scorer.draw_figures_in_helper()
         score_jobs(_jobs_of(warmup), scorer, out / "warmup", figures=figures, crs=None, progress=False)
@@ -318,7 +334,8 @@ def measure(root: Path, n_patients: int, n_controls: int, input_resolution: floa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         variants = forward_variants(NormativeModel.load(paths["ae"], device="cpu"))
-    return {"n_patients": n_patients, "n_controls": n_controls, "grid": grid, "writes": writes, "rows": rows,
+    # The patients actually timed: a reused --out-dir keeps the cohort it was made with.
+    return {"n_patients": len(patients), "n_controls": n_controls, "grid": grid, "writes": writes, "rows": rows,
             "input_resolution": input_resolution, "forward_variants": variants}
 
 
@@ -382,7 +399,8 @@ def report_lines(result: dict) -> list[str]:
     lines = [(f"Scoring with a 2 mm model (grid {grid[0]}x{grid[1]}x{grid[2]}), 3 modalities (T1w, FLAIR, pet) "
               f"given at {result.get('input_resolution', 2.0):g} mm, {result['n_patients']} simulated patients "
               f"timed, one atlas; load average at start {result['load_start']}, at end {result['load_end']}"),
-             "floor = reading the subject's NIfTI files + one network forward pass (ae), per subject, one process"]
+             ("floor = reading the subject's NIfTI files + one network forward pass (ae; the faster of 1 torch thread "
+              "and all cores), per subject, one process, after one warm-up subject")]
     header = (f"{'model':7s} {'figures':7s} {'jobs':>4s} {'s/subject':>9s} {'CPU s':>6s} {'subjects/s':>10s} "
               f"{'read':>6s} {'forward':>7s} {'floor':>6s} {'ratio':>6s}  {'target':12s} {'met':3s}")
     lines += [header, "-" * len(header)]
@@ -393,7 +411,7 @@ def report_lines(result: dict) -> list[str]:
                  "on an idle machine with 2 cores a subject cannot take less than half of it")
     setups = ", ".join(f"{r['model']} {'fig' if r['figures'] else 'nofig'} j{r.get('jobs', 1)} {r['setup']:.1f} s"
                        for r in rows)
-    lines += [(f"for reference, writing one subject's 4 output maps (.nii.gz, zlib level 1) takes "
+    lines += [(f"for reference, writing one subject's 4 output maps (.nii.gz, zlib level 1, run-length) takes "
                f"{result['writes']:.3f} s"), "",
               (f"setup per run (model load, atlases, templates, worker and figure processes, two warm-up subjects): "
                f"{setups}"),

@@ -340,16 +340,36 @@ def test_preprocess_subject_reports_bad_file(grid, tmp_path):
     assert "sub-01_T1w.nii.gz: file not found" in str(excinfo.value)
 
 
-@pytest.mark.parametrize("order", [1, 3])
+@pytest.mark.parametrize("order", [0, 1, 3])
 def test_axis_by_axis_resampling_equals_scipy_affine_transform(rng, order):
-    # The fast path for axis-aligned images must give scipy's values, edges included.
+    # The fast path for axis-aligned images must give scipy's values, edges included;
+    # nearest neighbour must pick the very same voxels, ties at half voxels included.
     from anomaly.preprocess.grid import _affine_resample, _separable_resample
 
-    for _ in range(10):
+    for i in range(20):
         data = rng.normal(size=tuple(rng.integers(5, 25, 3))).astype(np.float32)
         matrix = np.eye(4)
         matrix[:3, :3] = np.diag(rng.uniform(0.3, 2.5, 3) * rng.choice([-1, 1], 3))
         matrix[:3, 3] = rng.uniform(-5, 30, 3)
+        if i % 2:  # scanner-like voxel sizes (1.5 mm onto 2 mm...), whole and half-voxel offsets
+            matrix[:3, :3] = np.diag(rng.choice([0.5, 2 / 3, 0.75, 4 / 3, 1.5, 2.0], 3))
+            matrix[:3, 3] = np.round(rng.uniform(-5, 10, 3) * 2) / 2
         shape = tuple(int(v) for v in rng.integers(4, 30, 3))
-        np.testing.assert_allclose(_separable_resample(data, matrix, shape, order),
-                                   _affine_resample(data, matrix, shape, order), atol=2e-6)
+        fast, scipy = _separable_resample(data, matrix, shape, order), _affine_resample(data, matrix, shape, order)
+        assert fast.dtype == np.float32 and fast.shape == shape
+        if order == 0:
+            np.testing.assert_array_equal(fast, scipy)
+        else:
+            np.testing.assert_allclose(fast, scipy, atol=2e-6)
+
+
+def test_nearest_resampling_of_an_integer_mask_equals_its_float_copy(grid, rng):
+    # Masks are resampled as 1-byte arrays (faster): the same float32 result as their float copy.
+    affine = np.diag([-1.5, 1.5, 1.5, 1.0])
+    affine[:3, 3] = [90.0, -126.0, -72.0]
+    mask = (rng.random((120, 146, 122)) > 0.4).astype(np.uint8)
+    as_bytes = resample_to_grid(nib.Nifti1Image(mask, affine), grid, "nearest")
+    as_float = resample_to_grid(nib.Nifti1Image(mask.astype(np.float32), affine), grid, "nearest")
+    assert as_bytes.dtype == np.float32
+    np.testing.assert_array_equal(as_bytes, as_float)
+    assert 0.4 < as_bytes.mean() < 0.8  # the field of view covers most of the grid

@@ -3,8 +3,8 @@
 Turns the command's inputs (one subject's NIfTI files, or a BIDS dataset folder) into
 one :class:`ScoreJob` per subject, keeps a ``--shard`` of them, loads the models once,
 checks every input's header before any work (:mod:`anomaly.cli.inputs`), scores every
-job with a :class:`anomaly.cli.scorer.Scorer` (the next subject is preprocessed in a
-background thread meanwhile), or in ``--jobs`` worker processes
+job with a :class:`anomaly.cli.scorer.Scorer` (the next subjects are preprocessed and
+quality-checked in background threads meanwhile), or in ``--jobs`` worker processes
 (:mod:`anomaly.cli.workers`), logs each subject (:mod:`anomaly.cli.progress`) and
 writes the derivative dataset's ``dataset_description.json`` and ``index.html``. A
 subject whose input is invalid is reported on one stderr line and skipped; the exit
@@ -18,9 +18,9 @@ import re
 import sys
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +30,18 @@ from anomaly.cli.inputs import BadSubject, check_jobs, drop_unused_modalities, u
 from anomaly.cli.progress import FAILED, OK, SubjectLog
 from anomaly.cli.scorer import Scorer
 from anomaly.cli.status import EXIT_BAD_INPUT, EXIT_OK
-from anomaly.cli.workers import Outcome, ScoreSettings, WorkerPool, score_one, threads_per_worker
+from anomaly.cli.workers import (Outcome, ScoreSettings, WorkerPool, compute_threads, score_one,
+                                 threads_per_worker)
 from anomaly.io import (AnomalyInputError, check_output_dir, find_subjects, modality_from_path, subject_from_path,
                         write_json)
 from anomaly.normative import NormativeModel
 from anomaly.preprocess import Preprocessed
 
+
+#: Subjects read ahead of the one being scored in one process, one thread each. Two keep
+#: both cores of a 2-core machine busy: reading and resampling a subject cost more than
+#: scoring it with the z-score model, and a single reader left the main thread waiting.
+PREFETCH_DEPTH = 2
 
 #: Batches of at least this many subjects scored in one process draw their figures in a
 #: helper process. Its start-up (~2 CPU-seconds of imports) runs on another core while
@@ -256,7 +262,7 @@ def _score_checked(jobs: list[ScoreJob], model: NormativeModel, out_dir: Path, *
         helper = figures and len(jobs) >= FIGURE_HELPER_MIN_JOBS and threads_per_worker(1) > 1
         # The prefetch thread (and the figure helper) keep another core busy.
         threads = threads_per_worker(2) if len(jobs) > 1 else None
-        with Scorer(model, atlases) as scorer, torch_threads(threads):
+        with Scorer(model, atlases) as scorer, compute_threads(threads):
             scorer.force = force
             if helper:
                 scorer.draw_figures_in_helper()  # off the critical path, on another core
@@ -268,30 +274,9 @@ def _score_checked(jobs: list[ScoreJob], model: NormativeModel, out_dir: Path, *
         return run_outcomes(jobs, pool.imap(jobs), out_dir, progress=progress)
 
 
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Use ``threads`` torch threads inside the block (None: leave them), then restore them.
-
-    In a batch scored in one process, the prefetch thread and the figure helper keep
-    another core busy: the forward pass gets cores // 2 threads, so that the threads
-    at work never outnumber the cores. torch is only touched when the model already
-    imported it.
-    """
-    torch = sys.modules.get("torch")
-    if threads is None or torch is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def score_jobs(jobs: Sequence[ScoreJob], scorer: Scorer, out_dir: Path, *, figures: bool, crs,
                progress: bool, timings: dict | None = None) -> int:
-    """Score jobs in this process with one-subject look-ahead preprocessing; returns the failures.
+    """Score jobs in this process, the next subjects preprocessed meanwhile; returns the failures.
 
     A job whose input turns out invalid while it is read is reported on one stderr line
     and skipped, unless it is the only job (its error is then raised). Once any job
@@ -359,31 +344,59 @@ def run_outcomes(jobs: Sequence[ScoreJob], outcomes: Iterator[Outcome], out_dir:
 
 def _score_prefetching(jobs: Sequence[ScoreJob], scorer: Scorer, out_dir: Path, *, figures: bool, crs
                        ) -> Iterator[Outcome]:
-    """Score each job while the next one is preprocessed in a thread; yields the outcomes."""
-    model = scorer.model
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="anomaly-prefetch") as pool:
-        def load(job: ScoreJob) -> tuple[Preprocessed | None, float, str | None]:
-            t0 = time.perf_counter()
-            try:
-                return model.preprocess(job.images), time.perf_counter() - t0, None
-            except AnomalyInputError as exc:
-                return None, time.perf_counter() - t0, str(exc)
+    """Score each job while the next ones are preprocessed and quality-checked in threads; yields the outcomes.
 
-        pending = pool.submit(load, jobs[0]) if jobs else None
-        for i, job in enumerate(jobs):
-            future = pending
-            # Submitted before scoring this one: the next subject is read meanwhile.
-            pending = pool.submit(load, jobs[i + 1]) if i + 1 < len(jobs) else None
+    :data:`PREFETCH_DEPTH` subjects are read ahead (fewer on a single core), in job order.
+    Subjects are read one at a time until one is read without error: that fills the
+    model's and quality control's caches (atlas masks), whose first computation is not
+    thread-safe (``warnings.catch_warnings``).
+    """
+    depth = max(1, min(PREFETCH_DEPTH, threads_per_worker(1)))
+    load = _prefetch_step(scorer)
+    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="anomaly-prefetch") as pool:
+        ahead = deque([pool.submit(load, jobs[0])] if jobs else [])
+        queued, warm = 1, False
+        for job in jobs:
+            future = ahead.popleft()
             t0 = time.perf_counter()
-            prep, seconds, error = future.result()
+            prep, verdict, seconds, error = future.result()
             waited = time.perf_counter() - t0
+            warm = warm or error is None
+            while queued < len(jobs) and len(ahead) < (depth if warm else 1):  # read ahead while scoring
+                ahead.append(pool.submit(load, jobs[queued]))
+                queued += 1
             if error is not None:
-                yield Outcome(job.label, seconds, error, {"preprocess": seconds})
+                yield Outcome(job.label, sum(seconds.values()), error, seconds)
                 continue
-            outcome = score_one(scorer, job, out_dir, figures=figures, crs=crs, prep=prep, wait_writes=False)
+            outcome = score_one(scorer, job, out_dir, figures=figures, crs=crs, prep=prep, verdict=verdict,
+                                wait_writes=False)
             outcome.seconds += waited
-            outcome.timings.update(preprocess=seconds, wait_preprocess=waited)
+            # The prefetch thread's steps, and the time this thread waited for them.
+            outcome.timings.update(preprocess=seconds["preprocess"], qc=seconds["qc"] + outcome.timings.get("qc", 0.0),
+                                   wait_preprocess=waited)
             yield outcome
+
+
+def _prefetch_step(scorer: Scorer):
+    """The work of a prefetch thread on one job: preprocessing and the QC verdict, timed.
+
+    The returned function gives ``(prep, verdict, seconds, error)``: an invalid input is
+    its one-line error, reported when the job's turn comes.
+    """
+    def load(job: ScoreJob) -> tuple[Preprocessed | None, object, dict, str | None]:
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            prep = scorer.model.preprocess(job.images)
+            seconds["preprocess"] = time.perf_counter() - t0
+            verdict = scorer.assess_quality(prep, age=job.age, sex=job.sex)
+            seconds["qc"] = time.perf_counter() - t0 - seconds["preprocess"]
+            return prep, verdict, seconds, None
+        except AnomalyInputError as exc:
+            seconds.setdefault("preprocess", time.perf_counter() - t0)
+            return None, None, seconds, str(exc)
+
+    return load
 
 
 # --------------------------------------------------------------------------- index
@@ -440,5 +453,5 @@ def write_index(out_dir: Path) -> Path:
     return out_dir / "index.html"
 
 
-__all__ = ["FIGURE_HELPER_MIN_JOBS", "ScoreJob", "jobs_from_inputs", "run_outcomes", "score_command", "score_jobs",
-           "shard_jobs", "torch_threads", "write_index"]
+__all__ = ["FIGURE_HELPER_MIN_JOBS", "PREFETCH_DEPTH", "ScoreJob", "jobs_from_inputs", "run_outcomes", "score_command",
+           "score_jobs", "shard_jobs", "write_index"]

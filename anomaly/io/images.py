@@ -192,6 +192,16 @@ def _canonical_image(data: np.ndarray, affine: np.ndarray, code: int) -> nib.Nif
 
 def _check_values(data: np.ndarray, affine: np.ndarray, label: str, check_mni: bool) -> np.ndarray:
     """Refuse Inf, NaN in the brain and constant images; set other NaNs to 0."""
+    if not np.isfinite(data).all():  # one pass for the usual, finite image
+        _clear_nans(data, affine, label, check_mni)
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise AnomalyInputError(f"{label}: image is constant (every voxel is {lo:g})")
+    return data
+
+
+def _clear_nans(data: np.ndarray, affine: np.ndarray, label: str, check_mni: bool) -> None:
+    """Refuse Inf and NaN in the brain; set the other NaNs to 0 (in place) with a warning."""
     # SPM writes NaN outside its brain mask; that is harmless, NaN in the brain is not.
     if np.isinf(data).any():
         n_inf = int(np.isinf(data).sum())
@@ -200,29 +210,23 @@ def _check_values(data: np.ndarray, affine: np.ndarray, label: str, check_mni: b
             "(or values beyond the float32 range)"
         )
     nan = np.isnan(data)
-    if nan.any():
-        n_nan = int(nan.sum())
-        if n_nan == data.size:
-            raise AnomalyInputError(f"{label}: image contains only NaN values")
-        if check_mni:
-            n_inside = _count_in_mni_brain(np.argwhere(nan), affine)
-            if n_inside:
-                raise AnomalyInputError(
-                    f"{label}: image has {n_inside} NaN voxel(s) inside the MNI152 brain"
-                )
-            where = "outside the brain"
-        else:
-            where = "(brain position unknown without the MNI check)"
-        # stacklevel 3: the warning points at the caller of load_image.
-        warnings.warn(
-            f"{label}: {n_nan} NaN voxel(s) {where} set to 0", UserWarning, stacklevel=3
-        )
-        data[nan] = 0.0
-
-    lo, hi = float(data.min()), float(data.max())
-    if lo == hi:
-        raise AnomalyInputError(f"{label}: image is constant (every voxel is {lo:g})")
-    return data
+    n_nan = int(nan.sum())
+    if n_nan == data.size:
+        raise AnomalyInputError(f"{label}: image contains only NaN values")
+    if check_mni:
+        n_inside = _count_in_mni_brain(np.argwhere(nan), affine)
+        if n_inside:
+            raise AnomalyInputError(
+                f"{label}: image has {n_inside} NaN voxel(s) inside the MNI152 brain"
+            )
+        where = "outside the brain"
+    else:
+        where = "(brain position unknown without the MNI check)"
+    # stacklevel 4: the warning points at the caller of load_image.
+    warnings.warn(
+        f"{label}: {n_nan} NaN voxel(s) {where} set to 0", UserWarning, stacklevel=4
+    )
+    data[nan] = 0.0
 
 
 def _open_image(img: Any, name: str | None) -> tuple[nib.spatialimages.SpatialImage, str]:
@@ -361,8 +365,14 @@ def _check_data_size(source: nib.spatialimages.SpatialImage, label: str) -> None
 
 def _read_data(source: nib.spatialimages.SpatialImage, label: str) -> np.ndarray:
     try:
-        # get_fdata applies scl_slope/scl_inter; float32 halves the memory.
-        return np.asarray(source.get_fdata(dtype=np.float32), dtype=np.float32).copy()
+        # Scaled by scl_slope/scl_inter, as float32 (half the memory of float64).
+        proxy = source.dataobj
+        if not nib.is_proxy(proxy):  # in memory: never write into the caller's array
+            return np.asarray(source.get_fdata(dtype=np.float32), dtype=np.float32).copy()
+        data = np.asarray(proxy, dtype=np.float32)
+        if data.flags.writeable and (data.flags.owndata or isinstance(data.base, bytearray)):
+            return data  # read from the file into a new array: no second copy
+        return data.copy()  # a memory-mapped .nii: do not keep the file mapped
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, OverflowError) as exc:
         raise AnomalyInputError(
             f"{label}: image data are truncated or corrupt ({describe_error(exc)})"

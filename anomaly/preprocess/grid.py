@@ -4,9 +4,10 @@ Templates come with nilearn: nothing is downloaded.
 
 Resampling has two paths:
 
-- :func:`resample_to_grid`: scans (and masks) onto a model :class:`Grid`, with scipy;
-  array out. Used by preprocessing and for the templates; exact and fast when the voxels
-  already sit on the grid's.
+- :func:`resample_to_grid`: scans (and masks) onto a model :class:`Grid`, with scipy's
+  interpolation (array out). Used by preprocessing and for the templates; exact and
+  fast when the voxels already sit on the grid's, and for axis-aligned images computed
+  one axis at a time with matrix products (:mod:`anomaly.preprocess.separable`).
 - :func:`resample_image`: any image onto any voxel grid, with nilearn; image out. Used
   for label images (atlases) and derived maps.
 """
@@ -25,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from anomaly.io import AnomalyInputError, load_image
+from anomaly.preprocess.separable import apply_separable
 
 #: Margin (in grid voxels) kept around the brain's bounding box.
 _GRID_MARGIN = 2
@@ -242,16 +244,18 @@ def _resample(data: np.ndarray, affine: np.ndarray, grid: Grid, order: int) -> n
     """Pull ``data`` (voxel-to-world ``affine``) onto ``grid``; 0 outside its field of view."""
     # Grid voxel -> source voxel: the only transform that interpolation needs.
     matrix = np.linalg.solve(affine, grid.affine)
-    data = np.asarray(data, dtype=np.float32)
+    if order > 0 or data.dtype.kind not in "biu":
+        data = np.asarray(data, dtype=np.float32)  # nearest neighbour copies masks as they are
     shift = _integer_shift(matrix)
     if shift is not None:
         # Same voxel size and voxel centres on the grid's (e.g. an MNI152 2 mm image
         # onto the 2 mm model grid): every interpolation order returns the samples
         # themselves, so a crop/pad gives the identical result 10-50x faster.
         return _shifted_copy(data, shift, grid.shape)
-    if order > 0 and np.allclose(matrix[:3, :3], np.diag(np.diag(matrix[:3, :3])), rtol=0.0, atol=1e-9):
+    if np.allclose(matrix[:3, :3], np.diag(np.diag(matrix[:3, :3])), rtol=0.0, atol=1e-9):
         # Another voxel size, axes aligned (every MNI-space image once reoriented to
-        # RAS): the same interpolation one axis at a time, 3-4x faster.
+        # RAS): the same interpolation one axis at a time, as matrix products (cubic
+        # ~10x, nearest ~3x faster at 1.5 mm onto 2 mm).
         out = _separable_resample(data, matrix, grid.shape, order)
     else:
         out = _affine_resample(data, matrix, grid.shape, order)
@@ -281,25 +285,66 @@ def _separable_resample(data: np.ndarray, matrix: np.ndarray, shape: tuple[int, 
                         order: int) -> np.ndarray:
     """:func:`_affine_resample` for a diagonal matrix, one axis at a time.
 
-    A B-spline interpolation with axis-aligned sampling is a product of 1D ones: along
-    each axis, the 1D spline prefilter, then a (n_out, n_in) matrix of spline weights
-    (mirror-extended coefficients, 0 for samples beyond the first or last voxel centre:
-    what affine_transform's ``mode="constant"`` does). Reducing one axis before
-    prefiltering the next works on ever smaller arrays. Equal to affine_transform
-    within float32 rounding (tested).
+    Nearest neighbour (order 0) picks the same voxels as affine_transform
+    (:func:`_separable_nearest`). A B-spline interpolation (orders 1 and 3) with
+    axis-aligned sampling is a product of 1D linear maps, one (n_out, n_in) matrix per
+    axis (:func:`_axis_operator`, the spline prefilter folded in): three matrix
+    products (:func:`~anomaly.preprocess.separable.apply_separable`), each on an array
+    already reduced along the previous axes. Equal to affine_transform within float32
+    rounding (tested).
     """
-    out = np.asarray(data, dtype=np.float32)
+    if order == 0:
+        return _separable_nearest(data, matrix, shape)
+    data = np.asarray(data, dtype=np.float32)
+    operators = [_axis_operator(data.shape[a], float(matrix[a, a]), float(matrix[a, 3]), shape[a], order)
+                 for a in range(3)]
+    return apply_separable(data, operators)
+
+
+def _separable_nearest(data: np.ndarray, matrix: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Nearest-neighbour resampling for a diagonal matrix: one voxel index per output row.
+
+    As scipy's affine_transform with ``order=0, mode="constant"``: the sample at
+    coordinate ``c`` is voxel ``floor(c + 0.5)``, and 0 where ``c`` lies outside
+    ``[0, n - 1]``. Values are copied, never interpolated, so the result is identical.
+    """
+    index, outside = [], []
     for axis in range(3):
         coords = matrix[axis, axis] * np.arange(shape[axis]) + matrix[axis, 3]
-        if order > 1:
-            out = ndimage.spline_filter1d(out, order=order, axis=axis, mode="mirror", output=np.float32)
-        weights = _axis_weights(out.shape[axis], coords, order)
-        out = np.moveaxis(np.tensordot(weights, out, axes=(1, axis)), 0, axis)
-    return np.ascontiguousarray(out, dtype=np.float32)
+        outside.append((coords < 0) | (coords > data.shape[axis] - 1))
+        index.append(np.clip(np.floor(coords + 0.5).astype(np.intp), 0, data.shape[axis] - 1))
+    out = data[index[0]][:, index[1]][:, :, index[2]].astype(np.float32)
+    out[outside[0]] = 0.0
+    out[:, outside[1]] = 0.0
+    out[:, :, outside[2]] = 0.0
+    return out
+
+
+@lru_cache(maxsize=64)
+def _axis_operator(n_in: int, scale: float, offset: float, n_out: int, order: int) -> np.ndarray:
+    """(n_out, n_in) float32 matrix resampling one axis (orders 1 and 3), cached.
+
+    Output sample ``i`` lies at input coordinate ``scale * i + offset``. For order 3
+    the matrix is the spline weights times the spline prefilter along the axis (the
+    prefilter is linear: filtering the identity gives its matrix, mirror boundary
+    included, exactly as ``spline_filter1d`` filters the data). Cached because every
+    subject of a cohort usually has the same voxel grid.
+    """
+    coords = scale * np.arange(n_out) + offset
+    weights = _axis_weights(n_in, coords, order)
+    if order > 1:
+        weights = weights @ ndimage.spline_filter1d(np.eye(n_in), order=order, axis=0, mode="mirror")
+    operator = weights.astype(np.float32)
+    operator.setflags(write=False)  # shared through the cache
+    return operator
 
 
 def _axis_weights(n_in: int, coords: np.ndarray, order: int) -> np.ndarray:
-    """(len(coords), n_in) linear (order 1) or cubic B-spline (order 3) weights."""
+    """(len(coords), n_in) float64 linear (order 1) or cubic B-spline (order 3) weights.
+
+    Cubic weights apply to mirror-extended spline coefficients; samples beyond the first
+    or last voxel centre get 0 (what affine_transform's ``mode="constant"`` does).
+    """
     rows = np.arange(coords.size)
     weights = np.zeros((coords.size, n_in))
     base = np.floor(coords).astype(int)
@@ -314,7 +359,7 @@ def _axis_weights(n_in: int, coords: np.ndarray, order: int) -> np.ndarray:
         k = np.where(k > n_in - 1, 2 * (n_in - 1) - k, k)
         np.add.at(weights, (rows, np.clip(k, 0, n_in - 1)), w)
     weights[(coords < 0) | (coords > n_in - 1)] = 0.0
-    return weights.astype(np.float32)
+    return weights
 
 
 def _integer_shift(matrix: np.ndarray) -> np.ndarray | None:
@@ -379,12 +424,19 @@ def resample_to_grid(
     shape = img.shape
     if len(shape) < 3 or (len(shape) > 3 and math.prod(shape[3:]) != 1):
         raise AnomalyInputError(f"img: expected a 3D image, got shape {shape}")
-    data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape[:3])
-    data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    order = _ORDERS[interpolation]
+    if order == 0 and isinstance(img.dataobj, np.ndarray) and img.dataobj.dtype.kind in "biu":
+        # A mask or label array in memory: nearest neighbour copies its values, and
+        # copying 1-byte voxels is 4x cheaper; the result is float32 all the same.
+        data = img.dataobj.reshape(shape[:3])
+    else:
+        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape[:3])
+        if not np.isfinite(data).all():  # scans from load_image are finite: no copy for them
+            data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
     # Flips and axis permutations to RAS are exact; doing them first means that only
     # the remaining (RAS) transform is interpolated, whatever the input orientation.
     canonical = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
-    return _resample(np.asarray(canonical.dataobj), canonical.affine, grid, _ORDERS[interpolation])
+    return _resample(np.asarray(canonical.dataobj), canonical.affine, grid, order)
 
 
 def resample_image(img: nib.spatialimages.SpatialImage, *, target_affine: np.ndarray,
