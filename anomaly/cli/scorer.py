@@ -9,10 +9,14 @@ quality checks), and unless switched off, glass-brain figures and an HTML report
 
 Global versus focal deviation. In coma the first question is how much cortical
 metabolism is left (awareness needs roughly more than 42% of normal; Stender et al.
-2016). The *global cortical PET level* is the subject's mean SUVR over cortical grey
-matter as a percentage of the normative mean SUVR in the same voxels. A diffuse drop
-shifts every cortical z; the *focal z* of a region is its PET z minus the subject's
-median cortical PET z, so that a focal lesion stands out from diffuse hypometabolism.
+2016). The *global cortical PET level* is the best-preserved hemisphere's mean SUVR
+over cortical grey matter, as a percentage of the normative mean in the same voxels and
+of the controls' same measure, with an interval from the controls' spread (the
+whole-cortex level is kept beside it). A diffuse drop shifts every cortical z; the
+*focal z* of a region is its PET z minus the subject's median cortical PET z, and the
+*focal log ratio* compares log(region PET / own cortical mean) with the controls' ratios
+(:mod:`anomaly.atlas.petlevels`), so that a focal lesion stands out from diffuse
+hypometabolism.
 
 Voxels that a present image does not cover (outside its field of view, or zero after
 skull stripping) have no z: they are NaN in that modality's z map, left out of the
@@ -21,10 +25,11 @@ cover them. A region without any covered voxel gets ``n/a``, as do all the colum
 a missing modality.
 
 Speed. A scorer loads the atlases once, precomputes the voxel grouping of every atlas,
-writes NIfTI files from a background thread, and reuses the glass-brain outlines
-between subjects (:class:`anomaly.report.figures.GlassBrainRenderer`); batch scoring
-(:func:`anomaly.cli.score.score_jobs`) preprocesses the next subject in a second
-thread while the current one is scored, and a batch can draw its figures in a helper
+writes the maps, tables and ``_scores.json`` (last) from a background thread, and
+reuses the glass-brain outlines between subjects
+(:class:`anomaly.report.figures.GlassBrainRenderer`); batch scoring
+(:func:`anomaly.cli.score.score_jobs`) preprocesses and quality-checks the next subject
+in a second thread while the current one is scored, and a batch can draw its figures in a helper
 process (:meth:`Scorer.draw_figures_in_helper`, :mod:`anomaly.cli.figureproc`), off
 the critical path. ``--jobs N`` runs N scorers in worker processes
 (:mod:`anomaly.cli.workers`).
@@ -51,6 +56,7 @@ import pandas as pd
 from anomaly import __version__
 from anomaly.atlas import (DEFAULT_ATLAS, Atlas, RegionStats, cortex_mask, global_cortical_pet, region_table,
                            round_table)
+from anomaly.atlas.petlevels import LogRatioNorm, hemisphere_masks
 from anomaly.constants import PET, derivative_name
 from anomaly.io import AnomalyInputError, jsonable, save_image, write_json, write_tsv
 from anomaly.normative import NormativeModel, SubjectScore
@@ -78,7 +84,7 @@ class Scorer:
 
     Notes
     -----
-    NIfTI files are written by a background thread: call :meth:`flush` (or use the
+    Output files are written by a background thread: call :meth:`flush` (or use the
     scorer as a context manager) before reading them when ``wait=False`` was passed
     to :meth:`score_subject`.
     """
@@ -112,6 +118,9 @@ class Scorer:
                 warnings.simplefilter("ignore")
                 main = Atlas.load(DEFAULT_ATLAS).resample_to(grid)
         self.cortex_mask = cortex_mask(grid, mask, main)
+        # Left and right over the cortical voxels: what the global level needs per subject.
+        self.hemispheres = tuple(h[self.cortex_mask] for h in hemisphere_masks(grid.affine, self.cortex_mask))
+        self._focal_norms = _focal_norms(model, self.atlases, self._stats)
         self._t1 = templates["t1"]
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anomaly-write")
         self._pending: list[Future] = []
@@ -186,26 +195,29 @@ class Scorer:
         c = score.modalities.index(PET)
         if not score.present[c]:
             return None
-        level = global_cortical_pet(score.data[c], score.z[c], self.model.control_mean_[c], self.cortex_mask)
+        norms = getattr(self.model, "pet_levels_", None)
+        level = global_cortical_pet(score.data[c], score.z[c], self.model.control_mean_[c], self.cortex_mask,
+                                    hemispheres=self.hemispheres, norm=norms.global_level if norms else None)
         if level is not None:
-            level["pet_reference"] = self.model.pet_reference
+            level["pet_reference"] = level["global_cortical_pet_reference"] = self.model.pet_reference
         return level
 
     # ------------------------------------------------------------------ scoring
     def score_subject(self, label: str, images: Mapping, out_dir: Path, *, age=None, sex=None,
-                      prep: Preprocessed | None = None, figures: bool = True, crs_model=None,
+                      prep: Preprocessed | None = None, verdict=None, figures: bool = True, crs_model=None,
                       wait: bool = True) -> ScoredSubject:
         """Score one subject and write all its outputs under ``out_dir/sub-<label>/``.
 
         Everything is computed in memory first, so an invalid input leaves no file.
-        With ``wait=False`` the NIfTI files may still be being written on return
-        (see :meth:`flush`).
+        ``prep`` and ``verdict`` (:meth:`assess_quality`) may come precomputed (batch
+        scoring computes both in its prefetch thread). With ``wait=False`` the files
+        may still be being written on return (see :meth:`flush`).
         """
         start = time.perf_counter()
         if prep is None:
             prep = self.model.preprocess(images)
             start = self._tick("preprocess", start)
-        qc = self.quality_check(label, prep, age=age, sex=sex)
+        qc = self.quality_check(label, prep, age=age, sex=sex, verdict=verdict)
         start = self._tick("qc", start)
         score = self.model.transform(prep, age=age, sex=sex)
         start = self._tick("model", start)
@@ -225,7 +237,8 @@ class Scorer:
         if crs_model is not None:
             result.values["crs"] = _predict_crs_one(crs_model, tables, result.values)
         result.files["scores"] = folder / f"sub-{label}_scores.json"
-        write_json(result.values, result.files["scores"])
+        # Last in the writer's queue: a _scores.json means the subject's other files are there.
+        self._pending.append(self._writer.submit(write_json, jsonable(result.values), result.files["scores"]))
         start = self._tick("write", start)
         if figures:
             main_table = next(iter(tables.values()))
@@ -235,13 +248,22 @@ class Scorer:
             self.flush()
         return result
 
-    def quality_check(self, label: str, prep: Preprocessed, *, age=None, sex=None):
+    def assess_quality(self, prep: Preprocessed, *, age=None, sex=None):
+        """The QC verdict of one preprocessed subject (:meth:`NormativeModel.quality_check`), not acted on.
+
+        Thread-safe: batch scoring computes it with the preprocessing, in the prefetch
+        thread, and :meth:`quality_check` then acts on it.
+        """
+        return self.model.quality_check(prep, age=age, sex=sex, force=self.force)
+
+    def quality_check(self, label: str, prep: Preprocessed, *, age=None, sex=None, verdict=None):
         """QC against the model's controls (:mod:`anomaly.qc`); raises for a refused image.
 
         With :attr:`force` True a refusal is recorded (``values["qc"]["forced"]``) and
         the subject is scored anyway. Every QC warning is also issued as a UserWarning.
+        ``verdict``: the subject's :meth:`assess_quality`, if already computed.
         """
-        qc = self.model.quality_check(prep, age=age, sex=sex, force=self.force)
+        qc = verdict if verdict is not None else self.assess_quality(prep, age=age, sex=sex)
         refusal = qc.refusal()
         if refusal and not self.force:
             raise AnomalyInputError(f"{refusal} (score --force scores it anyway)")
@@ -253,8 +275,10 @@ class Scorer:
         """One rounded region table per atlas, keyed by atlas name (the first is the report's)."""
         offset = glob["median_cortical_pet_z"] if glob else None
         percent = glob["global_cortical_pet_percent"] if glob else None
-        return {atlas.name: round_table(region_table(score, atlas, offset, global_percent=percent,
-                                                     stats=stats))
+        cortex = glob["cortical_pet_suvr"] if glob else None
+        return {atlas.name: round_table(region_table(score, atlas, offset, global_percent=percent, stats=stats,
+                                                     focal_norm=self._focal_norms.get(atlas.name),
+                                                     cortex_pet_mean=cortex))
                 for atlas, stats in zip(self.atlases, self._stats)}
 
     def subject_values(self, label: str, score: SubjectScore, tables: Mapping[str, pd.DataFrame],
@@ -295,13 +319,12 @@ class Scorer:
             files[key] = path
         return files
 
-    @staticmethod
-    def _write_tables(label: str, tables: Mapping[str, pd.DataFrame], folder: Path) -> dict[str, Path]:
-        """Write one region table per atlas."""
+    def _write_tables(self, label: str, tables: Mapping[str, pd.DataFrame], folder: Path) -> dict[str, Path]:
+        """Queue one region table per atlas on the writer thread (a copy: the report reads them meanwhile)."""
         files = {}
         for name, table in tables.items():
             path = folder / (derivative_name(label, f"atlas-{name}", "regions") + ".tsv")
-            write_tsv(table, path)
+            self._pending.append(self._writer.submit(write_tsv, table.copy(), path))
             files[f"regions_{name}"] = path
         return files
 
@@ -321,6 +344,32 @@ class Scorer:
 
         files.update(write_subject_figures(label, score, table, values, folder, t1=self._t1,
                                            renderers=self._renderers))
+
+
+def _focal_norms(model: NormativeModel, atlases: Sequence[Atlas], stats: Sequence[RegionStats]
+                 ) -> dict[str, LogRatioNorm]:
+    """Per atlas, the controls' PET log ratios (:mod:`anomaly.atlas.petlevels`); {} without PET.
+
+    An atlas the model has no ratios for (a model fitted before they were recorded, or
+    a user atlas) gets :meth:`LogRatioNorm.missing`: n/a focal log-ratio columns, and
+    one warning.
+    """
+    if PET not in model.modalities_:
+        return {}
+    levels = getattr(model, "pet_levels_", None)
+    out, lacking = {}, []
+    for atlas, grouping in zip(atlases, stats):
+        norm = levels.for_atlas(atlas.name, grouping.index, grouping.n_voxels) if levels else None
+        if norm is None:
+            lacking.append(atlas.name)
+        out[atlas.name] = norm or LogRatioNorm.missing()
+    if lacking:
+        why = ("the model was fitted before they were recorded: refit it for these columns and the interval of "
+               "global_cortical_pet_percent" if levels is None
+               else "the model records them for the shipped atlases only")
+        warnings.warn(f"pet_focal_logratio(_z) is n/a for atlas {', '.join(lacking)}: no control PET ratios ({why})",
+                      UserWarning, stacklevel=3)
+    return out
 
 
 def _coverage(model: NormativeModel, full: Atlas, on_grid: Atlas) -> dict:
@@ -347,7 +396,8 @@ def _add_qc(values: dict, qc) -> None:
 
     Each image's metrics and decision join its preprocessing entry in ``values["qc"]``;
     the subject's decision, warnings and ``forced`` flag sit beside them; the PET
-    reference check and the global levels by reference are top-level values.
+    reference check and the global levels by reference are top-level values (the
+    latter rescaled to the headline's measure, :func:`anomaly.qc.pet.rescale_levels`).
     """
     verdict = qc.to_dict()
     entries = values.setdefault("qc", {})
@@ -360,7 +410,12 @@ def _add_qc(values: dict, qc) -> None:
         verdict["warnings"].insert(0, f"refused by QC, scored anyway (--force): {qc.refusal()}")
     entries.update(verdict, forced=bool(qc.forced and qc.refusal()))
     if pet is not None:
-        values["global_cortical_pet_percent_by_reference"] = pet.pop("global_cortical_pet_percent_by_reference")
+        levels = pet.pop("global_cortical_pet_percent_by_reference")
+        if "global_cortical_pet_percent" in values:  # the headline's measure under each reference
+            from anomaly.qc.pet import rescale_levels
+
+            levels = rescale_levels(levels, pet["reference"], values["global_cortical_pet_percent"])
+        values["global_cortical_pet_percent_by_reference"] = levels
         values["pet_reference_check"] = pet
 
 

@@ -66,7 +66,9 @@ def levels_by_reference(subject: Mapping[str, float | None], controls: Mapping[s
                         ) -> dict[str, float | None]:
     """Global cortical PET level (% of the controls) with each reference region.
 
-    ``100 x (cortex / reference)_subject / (cortex / reference)_controls``.
+    ``100 x (cortex / reference)_subject / (cortex / reference)_controls``, over the
+    whole cortex: it shows how much the reference region matters, beside the headline
+    ``global_cortical_pet_percent`` (best-preserved hemisphere, :mod:`anomaly.atlas.petlevels`).
 
     Parameters
     ----------
@@ -82,6 +84,29 @@ def levels_by_reference(subject: Mapping[str, float | None], controls: Mapping[s
         s_cortex, s_ref, c_cortex, c_ref = values
         out[ref] = round(100.0 * (s_cortex / s_ref) / (c_cortex / c_ref), 1)
     return out
+
+
+def rescale_levels(levels: Mapping[str, float | None], reference: str, level: float) -> dict[str, float | None]:
+    """:func:`levels_by_reference` rescaled so that the model's own reference gives ``level``.
+
+    A change of reference region multiplies the subject's whole SUVR image by one
+    number, so it moves every cortical level (whole cortex or best hemisphere) by the
+    same factor: the headline level (best-preserved hemisphere) under reference ``R``
+    is ``level x levels[R] / levels[reference]``.
+
+    Parameters
+    ----------
+    levels : mapping
+        :func:`levels_by_reference` (whole cortex).
+    reference : str
+        The model's PET reference.
+    level : float
+        The headline ``global_cortical_pet_percent`` (computed with ``reference``).
+    """
+    own = levels.get(reference)
+    if not own:
+        return dict(levels)
+    return {ref: None if value is None else round(level * value / own, 1) for ref, value in levels.items()}
 
 
 def check_reference(reference: str, ratios: Mapping[str, float | None],

@@ -279,16 +279,29 @@ def _metabolism_html(metabolism: Mapping[str, Any] | None) -> str:
                         "<p class=\"muted\">No PET image: global cortical metabolism was not computed.</p>")
     key, percent = _first(metabolism, "percent", "global_cortical_pet_percent")
     ref_key, reference = _first(metabolism, "reference", "pet_reference", "reference_region")
+    shown = {key, ref_key}  # keys said in the text, left out of the table below
     parts = []
     if key is None:
         parts.append("<p class=\"muted\">Global cortical metabolism is not available.</p>")
     else:
         percent = _as_float(percent, "global_metabolism")
         ref_text = f" (reference region: {_e(reference)})" if ref_key else ""
+        ci_key, interval = _first(metabolism, "interval", "global_cortical_pet_percent_ci95")
+        ci_text, straddles = "", False
+        if ci_key is not None:  # from the normative sample (anomaly.atlas.petlevels)
+            if not isinstance(interval, (list, tuple)) or len(interval) != 2:
+                raise AnomalyInputError(f"global_metabolism: expected a (low, high) interval, got {interval!r}")
+            low, high = (_as_float(v, "global_metabolism") for v in interval)
+            ci_text = f"; 95% interval {low:.0f}&ndash;{high:.0f}%"
+            straddles = low < AWARENESS_PERCENT <= high
         parts.append(
             f"<p><span class=\"big\">{percent:.0f}%</span> of the normative mean cortical "
-            f"metabolism{ref_text}.</p>"
+            f"metabolism{ref_text}{ci_text}.</p>"
         )
+        measure_key, measure = _first(metabolism, "measure", "global_cortical_pet_measure")
+        if measure_key is not None:
+            parts.append(f"<p class=\"muted\">Measured as: {_e(measure)}.</p>")
+        shown.update((ci_key, measure_key))
         level = f"{AWARENESS_PERCENT:.0f}%"
         if percent < AWARENESS_PERCENT:
             parts.append(
@@ -303,8 +316,11 @@ def _metabolism_html(metabolism: Mapping[str, Any] | None) -> str:
                 "(Stender et al., 2016). This is a research measure from one scan; it does not "
                 "establish that the patient is aware.</p>"
             )
+        if straddles:
+            parts.append(f"<p class=\"flag warn\">The 95% interval includes the ~{level} level: this scan "
+                         "alone does not place the patient on either side of it.</p>")
         parts.append(f"<p class=\"muted\">Reference: {html.escape(STENDER_2016)}.</p>")
-    parts.append(_kv_table(metabolism, skip={key, ref_key}))
+    parts.append(_kv_table(metabolism, skip=shown))
     return _section("metabolism", heading, "".join(parts))
 
 
@@ -349,6 +365,11 @@ def _regions_html(top_regions: pd.DataFrame | None) -> str:
         if len(top_regions) > len(shown)
         else ""
     )
+    if "pet_focal_logratio_z" in shown.columns:
+        note += ("<p class=\"muted\">pet focal logratio: log(region PET / the subject's own cortical mean PET) "
+                 "minus the controls' mean of the same ratio (-0.1 is about 10% below what the rest of the "
+                 "cortex predicts); its z divides by the controls' SD. A global drop of cortical metabolism "
+                 "leaves cortical regions' values unchanged and raises deep grey matter's.</p>")
     rows = ["<tr>" + "".join(_cell(v) for v in record) + "</tr>"
             for record in shown.itertuples(index=False, name=None)]
     return _section("regions", "Most abnormal regions", note + _table(shown.columns, rows))

@@ -3,7 +3,10 @@
 :func:`write_subject_figures` draws the combined-anomaly glass brain, the FDG-PET z
 glass brain (when PET is present) and orthogonal slices through the most abnormal
 location, then renders ``sub-<label>_report.html`` embedding them with the region table,
-the quality checks, the global cortical metabolism and the CRS-R estimate.
+the quality checks, the global cortical metabolism (best-preserved hemisphere, its
+reference region and 95% interval) and the CRS-R estimate. The region table shows the
+focal PET deviations: the z difference ``pet_focal_z_mean`` and the log ratio to the
+subject's own cortex against the controls (``pet_focal_logratio``, ``_z``).
 
 The scored maps come in as any object with the attributes of
 :class:`anomaly.normative.SubjectScore` that figures need (duck typing keeps this stage
@@ -28,7 +31,8 @@ from anomaly.constants import PET, Z_THRESHOLD, derivative_name
 from anomaly.report.figures import GlassBrainRenderer, plot_peak_slices
 from anomaly.report.html import render_subject_report
 
-__all__ = ["ANOMALY_FIGURE_THRESHOLD", "REPORT_COLUMNS", "report_regions", "write_subject_figures"]
+__all__ = ["ANOMALY_FIGURE_THRESHOLD", "METABOLISM_FACTS", "REPORT_COLUMNS", "report_regions",
+           "write_subject_figures"]
 
 #: Threshold of the combined-anomaly glass brain and slices (z units): the map is a
 #: mean over modalities, so a voxel with z = 4.5 in one modality of three reaches 1.5.
@@ -36,7 +40,16 @@ ANOMALY_FIGURE_THRESHOLD = 1.5
 #: Region-table columns shown in the report (those present); ``{m}`` stands for each
 #: modality.
 REPORT_COLUMNS = ("name", "n_voxels", "anomaly_mean", "anomaly_p95", "{m}_z_mean", "pet_frac_z_lt_m2",
-                  "pet_focal_z_mean")
+                  "pet_focal_z_mean", "pet_focal_logratio", "pet_focal_logratio_z")
+#: ``_scores.json`` keys of the global cortical level shown in the report, and their labels.
+METABOLISM_FACTS = (
+    ("global_cortical_pet_percent_sd", "SD of the controls' own level (%)"),
+    ("global_cortical_pet_n_controls", "controls with PET"),
+    ("global_cortical_pet_percent_whole_cortex", "whole cortex, % of the normative mean"),
+    ("cortical_pet_suvr", "cortical PET SUVR (subject)"),
+    ("normative_cortical_pet_suvr", "cortical PET SUVR (normative mean)"),
+    ("median_cortical_pet_z", "median cortical PET z (focal z = region z minus this)"),
+)
 
 
 def write_subject_figures(label: str, score: Any, table: pd.DataFrame, values: Mapping[str, Any],
@@ -146,11 +159,14 @@ def _report_facts(values: Mapping[str, Any]) -> tuple[dict, dict | None]:
     if "global_cortical_pet_percent" in values:
         metabolism = {
             "global_cortical_pet_percent": values["global_cortical_pet_percent"],
-            "pet_reference": values["pet_reference"],
-            "cortical PET SUVR (subject)": values["cortical_pet_suvr"],
-            "cortical PET SUVR (normative mean)": values["normative_cortical_pet_suvr"],
-            "median cortical PET z (focal z = region z minus this)": values["median_cortical_pet_z"],
+            "pet_reference": values.get("global_cortical_pet_reference", values["pet_reference"]),
         }
+        for key in ("global_cortical_pet_percent_ci95", "global_cortical_pet_measure"):
+            if values.get(key) is not None:
+                metabolism[key] = values[key]
+        for side, level in (values.get("global_cortical_pet_percent_by_hemisphere") or {}).items():
+            metabolism[f"{side} hemisphere, % of the normative mean"] = level
+        metabolism.update({label: values[key] for key, label in METABOLISM_FACTS if values.get(key) is not None})
         for ref, level in values.get("global_cortical_pet_percent_by_reference", {}).items():
             metabolism[f"% of normal with reference {ref}"] = level
     return qc, metabolism
