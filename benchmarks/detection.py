@@ -24,8 +24,9 @@ and scores the patients of each setting:
 Per setting and method: focal AUPRC (pooled voxels and the per-patient median), focal
 AUROC, best Dice, all-lesion AUPRC, and the ratio of the focal AUPRC to the classical
 reference of EVALUATION.md (:mod:`benchmarks._classical`), computed in the same run on
-the same grid. An ablation table gives the focal AUPRC of every modality-combination
-rule (mean, Stouffer, max).
+the same grid. Ablation tables give the focal AUPRC of every modality-combination
+rule (mean, Stouffer, max) and of post-processed anomaly maps (median filter, eroded
+mask: :data:`POSTPROCESS`).
 
 Usage::
 
@@ -72,6 +73,11 @@ SETTINGS = {
 #: method the model's self-check picked).
 METHODS = ("classical", "zscore", "ae", "hybrid", "hybrid-max", "auto", "default")
 RULES = ("mean", "stouffer", "max")
+#: Post-processing variants of the anomaly map (:func:`anomaly.normative.maps.postprocess_anomaly`),
+#: measured on these methods; a variant's metrics are under ``"<method>+<variant>"``.
+POSTPROCESS = {"median3": {"median_size": 3}, "erode1": {"erode_voxels": 1},
+               "median3+erode1": {"median_size": 3, "erode_voxels": 1}}
+POSTPROCESSED_METHODS = ("zscore", "ae", "hybrid")
 
 
 def best_dice(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -145,7 +151,7 @@ def subject_maps(model, classical, subject, default: str) -> dict[tuple[str, str
     """(method, rule) -> anomaly map of one subject (the classical reference has one rule)."""
     from anomaly.normative.calibration import standardise
     from anomaly.normative.hybrid import hybrid_z
-    from anomaly.normative.maps import combine_anomaly
+    from anomaly.normative.maps import combine_anomaly, postprocess_anomaly
 
     prep = model.preprocess(subject.images)
     std = standardise(prep.data, prep.present, model.channel_mean_, model.channel_std_, model.mask_)
@@ -159,6 +165,10 @@ def subject_maps(model, classical, subject, default: str) -> dict[tuple[str, str
         zmap[~prep.present] = np.nan
         for rule in RULES:
             maps[(method, rule)] = combine_anomaly(zmap, prep.present, model.modalities_, model.mask_, rule=rule)
+            if method in POSTPROCESSED_METHODS:
+                for name, kwargs in POSTPROCESS.items():
+                    maps[(f"{method}+{name}", rule)] = postprocess_anomaly(maps[(method, rule)], model.mask_,
+                                                                           **kwargs)
     return maps
 
 
@@ -288,6 +298,18 @@ def markdown(result: dict) -> str:
             ratio_c = res["default"][key] / res["classical"][key] if res["classical"][key] else float("nan")
             ratio_z = res["default"][key] / res["zscore"][key] if res["zscore"][key] else float("nan")
             lines.append(f"| {name} | {label} | " + " | ".join(cells) + f" | {ratio_c:.2f} | {ratio_z:.2f} |")
+    variants = [v for v in POSTPROCESS if any(f"{m}+{v}" in r for r in result["results"].values()
+                                              for m in POSTPROCESSED_METHODS)]
+    if variants:
+        lines += ["", "Post-processing of the anomaly map (focal AUPRC / best Dice):", "",
+                  "| setting | method | none | " + " | ".join(variants) + " |", "|---|---|---|" + "---|" * len(variants)]
+        for name, res in result["results"].items():
+            for m in POSTPROCESSED_METHODS:
+                if m not in res:
+                    continue
+                cells = [f"{res[k]['focal_auprc']:.3f} / {res[k]['focal_dice']:.3f}" if k in res else "-"
+                         for k in (m, *(f"{m}+{v}" for v in variants))]
+                lines.append(f"| {name} | {m} | " + " | ".join(cells) + " |")
     lines += ["", "Focal AUPRC by modality-combination rule:", "",
               "| setting | method | " + " | ".join(RULES) + " |", "|---|---|" + "---|" * len(RULES)]
     for name, by_method in result["ablation"].items():

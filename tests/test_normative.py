@@ -184,15 +184,21 @@ def test_control_z_maps_are_calibrated(zscore_model_dir, held_out_controls):
     assert 0.9 < float(np.nanstd(pooled)) < 1.15
 
 
-def test_covariate_rule_missing_covariates_smoothing_and_sd_floor(zscore_model_dir, sim_cohort):
+def test_covariate_rule_missing_covariates_smoothing_and_sd_floor(zscore_model_dir, sim_cohort, monkeypatch):
     """Model-level calibration: the "auto" covariate rule, scoring without age or sex,
     residual smoothing and the SD floor, each against its documented rule."""
-    ten = NormativeModel.load(zscore_model_dir)
+    import anomaly.normative.model as model_module
+
+    auto = NormativeModel.load(zscore_model_dir)
     controls = find_subjects(sim_cohort, group="control")
     assert len(controls) == 10
-    # "auto" models age and sex from 10 calibration subjects on (zscore calibrates on all).
+    # "auto" models age and sex from COVARIATE_MIN_SUBJECTS (40) calibration subjects on
+    # (zscore calibrates on all): not from 10; the threshold is the one the fit reads.
+    assert not auto.covariates_ and auto.calibration_.beta.shape[0] == 1
+    monkeypatch.setattr(model_module, "COVARIATE_MIN_SUBJECTS", 10)
+    ten = NormativeModel("zscore", resolution=4.0, device="cpu").fit(controls, progress=False)
     nine = NormativeModel("zscore", resolution=4.0, device="cpu").fit(controls[:9], progress=False)
-    assert ten.covariates_ and not nine.covariates_
+    assert ten.covariates_ and not nine.covariates_ and ten.calibration_.beta.shape[0] == 3
     # Unknown sex scores at the average sex effect, unknown age at the controls' median age.
     patient = find_subjects(sim_cohort, group="patient")[0]
     prep = ten.preprocess(patient.images)

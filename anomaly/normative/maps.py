@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from anomaly.constants import lesion_sign
 from anomaly.preprocess import Grid
@@ -92,3 +93,31 @@ def combine_anomaly(z: np.ndarray, present: np.ndarray, modalities: Sequence[str
         norm = np.sqrt(count) if rule == "stouffer" else count
         anomaly = np.divide(total, norm, out=np.zeros_like(total), where=count > 0)
     return (anomaly * mask).astype(np.float32, copy=False)
+
+
+def postprocess_anomaly(anomaly: np.ndarray, mask: np.ndarray, *, median_size: int = 0,
+                        erode_voxels: int = 0) -> np.ndarray:
+    """Post-processing of an anomaly map used in the unsupervised anomaly-detection literature.
+
+    Parameters
+    ----------
+    anomaly : ndarray, shape (X, Y, Z)
+        Combined anomaly map (:func:`combine_anomaly`), 0 outside ``mask``.
+    mask : ndarray of bool, shape (X, Y, Z)
+        Brain mask of the model grid.
+    median_size : int
+        Edge (voxels) of a cubic median filter; 0 or 1: none. It removes isolated
+        high voxels (noise, a misregistered edge) and keeps lesion-sized blobs.
+    erode_voxels : int
+        Set the map to 0 within this many voxels of the mask's edge, where
+        misregistration of the brain outline gives false positives.
+
+    Returns
+    -------
+    ndarray, float32, 0 outside the (eroded) mask
+    """
+    out = np.asarray(anomaly, np.float32)
+    if median_size > 1:
+        out = ndimage.median_filter(np.where(mask, out, 0.0), size=median_size, mode="constant")
+    keep = ndimage.binary_erosion(mask, iterations=erode_voxels) if erode_voxels > 0 else mask
+    return (out * keep).astype(np.float32, copy=False)

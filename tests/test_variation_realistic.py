@@ -1,0 +1,92 @@
+"""The realistic simulator preset (issue 12, second round) and anomaly-map post-processing."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anomaly.normative.maps import postprocess_anomaly
+from anomaly.simulate import SimulationConfig, simulate_subject, simulation_config
+
+RES = 6.0
+
+
+def _frontal_patient(seed: int, config: SimulationConfig):
+    return simulate_subject(seed, group="patient", resolution=RES, modalities=("pet",), damage={"frontal": 1.0},
+                            distractors=[], global_metabolism=1.0, return_twins=True, config=config)
+
+
+def test_realistic_subjects_are_reproducible_from_the_seed():
+    cfg = simulation_config("realistic", site="b")
+    first, again, other = (_frontal_patient(s, cfg) for s in (5, 5, 6))
+    np.testing.assert_array_equal(first.images["pet"], again.images["pet"])
+    np.testing.assert_array_equal(first.focal_mask, again.focal_mask)
+    assert not np.array_equal(first.images["pet"], other.images["pet"])
+
+
+def test_realistic_hypometabolism_is_subtler_than_the_default():
+    """A fully damaged family loses 1 - pet_drop of its uptake: 0.3 (default) vs 0.6 (realistic)."""
+    def deepest_drop(config):
+        p = _frontal_patient(3, config)
+        healthy = p.twins["global"]["pet"]
+        ratio = p.images["pet"][p.focal_mask] / np.maximum(healthy[p.focal_mask], 1e-6)
+        return p.focal_mask.sum(), float(np.quantile(ratio, 0.05))
+
+    n_default, low_default = deepest_drop(SimulationConfig(pet_noise=0.0))
+    n_real, low_real = deepest_drop(simulation_config("realistic", pet_noise=0.0))
+    assert 0.25 < low_default < 0.45 and 0.55 < low_real < 0.75
+    assert n_real < n_default  # fewer voxels change by more than the 10 % of the truth mask
+
+
+def test_postprocessing_removes_isolated_voxels_and_the_mask_edge():
+    mask = np.zeros((12, 12, 12), bool)
+    mask[1:11, 1:11, 1:11] = True
+    anomaly = np.zeros(mask.shape, np.float32)
+    anomaly[3, 3, 3] = 9.0  # one noisy voxel
+    anomaly[5:9, 5:9, 5:9] = 4.0  # a lesion of 4^3 voxels
+    anomaly[1, 6, 6] = 5.0  # on the edge of the mask
+    median = postprocess_anomaly(anomaly, mask, median_size=3)
+    assert median[3, 3, 3] == 0 and median[6, 6, 6] == 4.0 and median[1, 6, 6] == 0
+    eroded = postprocess_anomaly(anomaly, mask, erode_voxels=1)
+    assert eroded[1, 6, 6] == 0 and eroded[3, 3, 3] == 9.0 and eroded[6, 6, 6] == 4.0
+    np.testing.assert_array_equal(postprocess_anomaly(anomaly, mask), anomaly)
+    assert not postprocess_anomaly(anomaly, mask, median_size=3, erode_voxels=1)[~mask].any()
+
+
+def test_model_post_processing_is_applied_at_scoring_and_saved(zscore_model_dir, sim_cohort, tmp_path):
+    import pytest
+
+    from anomaly.io import AnomalyInputError, find_subjects
+    from anomaly.normative import NormativeModel
+
+    model = NormativeModel.load(zscore_model_dir)
+    assert (model.median_filter, model.erode_mask) == (0, 0)  # off by default (and for older folders)
+    patient = find_subjects(sim_cohort, group="patient")[0]
+    prep = model.preprocess(patient.images)
+    plain = model.transform(prep, age=patient.age, sex=patient.sex)
+    model.set_params(median_filter=3, erode_mask=1)
+    post = model.transform(prep, age=patient.age, sex=patient.sex)
+    np.testing.assert_array_equal(post.z, plain.z)  # only the combined map changes
+    np.testing.assert_array_equal(post.anomaly, postprocess_anomaly(plain.anomaly, model.mask_, median_size=3,
+                                                                    erode_voxels=1))
+    assert not np.array_equal(post.anomaly, plain.anomaly)
+    model.save(tmp_path / "post")
+    again = NormativeModel.load(tmp_path / "post")
+    assert (again.median_filter, again.erode_mask) == (3, 1)
+    np.testing.assert_array_equal(again.transform(prep, age=patient.age, sex=patient.sex).anomaly, post.anomaly)
+    for bad in ({"median_filter": -1}, {"erode_mask": 1.5}):
+        with pytest.raises(AnomalyInputError, match=next(iter(bad))):
+            NormativeModel(**bad)._check_params()
+
+
+def test_fit_normative_options_store_the_post_processing(sim_cohort, tmp_path):
+    import json
+
+    from anomaly.cli import main
+
+    out = tmp_path / "model"
+    argv = ["fit-normative", str(sim_cohort), "--out", str(out), "--method", "zscore", "--resolution", "6",
+            "--median-filter", "3", "--erode-mask", "1", "--quiet"]
+    assert main(argv) == 0
+    training = json.loads((out / "metadata.json").read_text())["training"]
+    assert (training["median_filter"], training["erode_mask"]) == (3, 1)
+    assert main(["fit-normative", str(sim_cohort), "--out", str(tmp_path / "bad"), "--median-filter", "-2"]) == 2
