@@ -28,6 +28,11 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
                  "group/group_correlations.tsv"):
         assert link in index and (out / link).is_file()
 
+    # Five volumes per subject, as a coma team's session has them: the model uses each one.
+    assert "5 volumes each (T1w, T2w, FLAIR, ADC, pet)" in index
+    meta = json.loads((out / "normative_model" / "metadata.json").read_text())
+    assert sorted(meta["modalities"]) == ["ADC", "FLAIR", "T1w", "T2w", "pet"]
+
     summary = json.loads((out / "demo_summary.json").read_text())
     assert [c["status"] for c in summary["commands"]] == [0] * 6
     # The autoencoder finds the simulated focal lesions better than no model at all.

@@ -4,7 +4,8 @@ The demo runs exactly the commands a user would run on their own BIDS dataset (t
 command functions, :data:`anomaly.cli.commands.PIPELINE`, in-process), and prints each
 command line before it runs, so that it doubles as a tutorial:
 
-1. ``anomaly simulate``       a cohort of controls and coma patients with ground truth
+1. ``anomaly simulate``       a cohort of controls and coma patients with ground truth, five
+                              volumes each (T1w, T2w, FLAIR, ADC map, FDG PET)
 2. ``anomaly fit-normative``  the default (hybrid) normative model on the controls
 3. ``anomaly score``          anomaly maps, region tables, figures and reports
 4. ``anomaly fit-crs``        the CRS-R regressor, cross-validated against baselines
@@ -46,9 +47,14 @@ class DemoSize:
     crs_epochs: int | None = None  # None: the regressor's default
 
 
-#: Default: about 5 minutes on 2 CPU cores. Quick: about 1 minute.
+#: Default: about 10 minutes on 2 CPU cores. Quick: about 1 minute.
 FULL = DemoSize(healthy=50, patients=50, resolution=3.0, epochs=20, cv="loo", seeds=3)
 QUICK = DemoSize(healthy=16, patients=16, resolution=4.0, epochs=8, cv="kfold:4", seeds=2, crs_epochs=80)
+
+
+#: Volumes of every simulated subject: every modality the simulator writes, as a coma
+#: team's session has them (the models use each one; a patient may lack some).
+DEMO_MODALITIES = ("T1w", "T2w", "FLAIR", "ADC", "pet")
 
 
 def _run(argv: list[str], log: list[dict], progress: bool, debug: bool = False) -> None:
@@ -103,7 +109,8 @@ def run_demo(out: str | Path = "anomaly_demo", *, quick: bool = False, seed: int
     start = time.perf_counter()
     res = f"{size.resolution:g}"
     _run(["simulate", str(bids), "--healthy", str(size.healthy), "--patients", str(size.patients),
-          "--resolution", res, "--seed", str(seed), "--jobs", "2"], log, progress, debug)
+          "--resolution", res, "--seed", str(seed), "--jobs", "2", "--modalities", *DEMO_MODALITIES],
+         log, progress, debug)
     _run(["fit-normative", str(bids), "--out", str(model), "--resolution", res,
           "--epochs", str(size.epochs), "--seed", str(seed), "--device", "auto"], log, progress, debug)
     _run(["score", str(bids), "--model", str(model), "--out", str(scores)], log, progress, debug)
@@ -168,7 +175,8 @@ def write_demo_index(out: Path, *, size: DemoSize, log: list[dict], detection: d
 
     path = render_demo_index(
         out / "index.html",
-        cohort=f"{size.healthy} controls, {size.patients} patients, {size.resolution:g} mm",
+        cohort=(f"{size.healthy} controls, {size.patients} patients, {size.resolution:g} mm; "
+                f"{len(DEMO_MODALITIES)} volumes each ({', '.join(DEMO_MODALITIES)})"),
         headline=_headline_numbers(out, size, detection, seconds),
         outputs=[(out / rel, text) for rel, text in DEMO_OUTPUTS if (out / rel).exists()],
         figures=sorted((out / "group").glob("*.png"), key=_natural_key),

@@ -59,7 +59,8 @@ def prepare_dataset(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
     resolution : float, default=2.0
         Voxel size (mm) of the written images.
     n_jobs : int, default=1
-        Subjects registered in parallel processes (ANTs threads are shared among them).
+        Subjects registered in parallel processes, one core each (ANTs runs on one
+        thread per process, so that a subject gives the same images every run).
     shard : (int, int), optional
         ``(i, n)``: only subjects i, i+n, i+2n... of the sorted list.
     participant_labels : iterable of str, optional
@@ -88,18 +89,8 @@ def prepare_dataset(bids_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
     if progress and len(todo) < len(subjects):
         print(f"prepare: {len(subjects) - len(todo)} subject(s) already done, skipped")
     if n_jobs == 1 or len(todo) <= 1:
-        _set_threads(1)
         return [_run(subject, out, mode, resolution, progress) for subject in todo]
     return _run_pool(todo, out, mode, resolution, min(n_jobs, len(todo)), progress)
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _set_threads(n_jobs: int) -> None:
-    """Share the cores between jobs: ANTs (ITK) threads per process."""
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, _cores() // n_jobs))
 
 
 def _run(subject: Subject, out: Path, mode: str, resolution: float, progress: bool) -> dict[str, Any]:
@@ -114,7 +105,8 @@ def _run_pool(todo: list[Subject], out: Path, mode: str, resolution: float, work
               progress: bool) -> list[dict[str, Any]]:
     """Prepare subjects in ``workers`` processes; the first failure stops the rest."""
     records = []
-    with ProcessPoolExecutor(max_workers=workers, initializer=_set_threads, initargs=(workers,)) as pool:
+    # Each process runs ANTs on one thread (reproducible: anomaly.registration.register._ants).
+    with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(_run, s, out, mode, resolution, progress) for s in todo]
         try:
             for future in as_completed(futures):
