@@ -78,6 +78,7 @@ def _fit_normative_model(args: argparse.Namespace, subjects, out):
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            val_fraction=args.val_fraction, pet_reference=args.pet_reference,
                            seed=args.seed, device=args.device, augment=args.augment,
+                           median_filter=args.median_filter, erode_mask=args.erode_mask,
                            lesion_directions=dict(args.lesion_direction) if args.lesion_direction else None)
     model.fit(subjects, workdir=out, resume=args.resume, progress=not args.quiet,
               num_workers=args.workers, keep_cache=args.keep_cache, drop_qc_outliers=args.drop_qc_outliers)
@@ -115,6 +116,7 @@ def cmd_fit_crs(args: argparse.Namespace) -> int:
     from anomaly.cli.crs import fit_crs
 
     kwargs = {} if args.epochs is None else {"epochs": args.epochs}
+    kwargs["params"] = {"architecture": args.architecture}
     fit_crs(args.scores_dir, args.participants, args.out, loss=args.loss, cv=args.cv, atlas=args.atlas,
             lds=args.lds, curriculum=None if args.curriculum == "none" else args.curriculum,
             n_seeds=args.seeds, mcs_cut=args.mcs_cut, seed=args.seed, features=args.features,

@@ -157,7 +157,7 @@ def _fit_final(cohort: LabelledCohort, bags: RegionBags, mil_params: dict[str, A
 
 
 def fit_crs(scores_dir: str | os.PathLike, participants: str | os.PathLike | pd.DataFrame, out_dir: str | os.PathLike, *,
-            loss: str = "mse", cv: str = "loo", atlas: str | None = None, lds: bool = False,
+            loss: str = "mae", cv: str = "loo", atlas: str | None = None, lds: bool = False,
             curriculum: str | None = None, n_seeds: int = 5, epochs: int | None = None, mcs_cut: float = 8,
             seed: int = 0, alpha: float = 0.1, n_bootstrap: int = 1000, params: Mapping[str, Any] | None = None,
             param_grid: Mapping[str, Sequence[Any]] | None = None, features: str | Sequence[str] | None = None,

@@ -42,7 +42,8 @@ def check_covariates(age: float | None, sex: str | None, *, where: str = "covari
         raise AnomalyInputError(f"{where}: sex {sex!r} is not M or F")
 
 
-def age_warning(age: float | None, age_range: tuple[float, float] | None) -> str | None:
+def age_warning(age: float | None, age_range: tuple[float, float] | None, *,
+                age_modelled: bool = True) -> str | None:
     """A warning when the age is outside the training controls' age range.
 
     Parameters
@@ -50,6 +51,10 @@ def age_warning(age: float | None, age_range: tuple[float, float] | None) -> str
     age : float or None
     age_range : tuple of 2 float or None
         Youngest and oldest control (None: unknown, no warning).
+    age_modelled : bool, default=True
+        Whether the normative model has an age term (too few calibration controls
+        give a model without covariates: then no age model extrapolates, but the
+        subject is compared with controls of other ages).
 
     Returns
     -------
@@ -60,5 +65,8 @@ def age_warning(age: float | None, age_range: tuple[float, float] | None) -> str
     low, high = age_range
     if low <= float(age) <= high:
         return None
+    what = ("the age model extrapolates" if age_modelled else
+            "the model has no age term (too few calibration controls), so this subject is compared with "
+            "controls of other ages")
     return (f"age {float(age):g} is outside the training controls' age range ({low:g}-{high:g}): "
-            "the age model extrapolates and the z maps are less reliable")
+            f"{what} and the z maps are less reliable")

@@ -92,7 +92,7 @@ def subject_metrics(prep: Preprocessed, control_mean: np.ndarray | None) -> dict
 
 def assess_subject(prep: Preprocessed, reference: QCReference | None, control_mean: np.ndarray | None, *,
                    pet_reference: str = "cerebellum", age: float | None = None, sex: str | None = None,
-                   force: bool = False, where: str = "age/sex") -> SubjectQC:
+                   force: bool = False, where: str = "age/sex", age_modelled: bool = True) -> SubjectQC:
     """QC of one preprocessed subject against the training controls.
 
     Parameters
@@ -110,6 +110,8 @@ def assess_subject(prep: Preprocessed, reference: QCReference | None, control_me
         Record that refusals are overridden (the caller decides what to do with them).
     where : str, default="age/sex"
         What an impossible covariate's message names (an option, or a file and row).
+    age_modelled : bool, default=True
+        Whether the normative model has an age term (worded in the age warning).
 
     Returns
     -------
@@ -128,7 +130,7 @@ def assess_subject(prep: Preprocessed, reference: QCReference | None, control_me
         result.images[modality] = image
         result.warnings += [f"{source}: {f.message}" for f in image.findings if f.level == "warn"]
     if reference is not None:
-        message = age_warning(age, reference.age_range)
+        message = age_warning(age, reference.age_range, age_modelled=age_modelled)
         if message:
             result.warnings.append(message)
     if PET in prep.modalities and prep.present[prep.modalities.index(PET)] and control_mean is not None:
