@@ -14,7 +14,9 @@ One member computes, for ``K`` channels ``k``:
 
       h[r, k] = softplus( d[r] . W_d[:, k] + m[r] . W_m[:, k] + dg . W_g[:, k] + mg . W_mg[:, k] + b[k] )
 
-  with ``W_d, W_g >= 0`` (softplus of free weights): ``h`` never decreases with damage;
+  with ``W_d, W_g >= 0`` (softplus of free weights): ``h`` never decreases with damage
+  (a feature without a known direction, e.g. a column of an unnamed array, keeps a free
+  weight and no constraint);
 * log-sum-exp attention pooling per channel, with a region prior ``rho[r, k]``::
 
       z[k] = (1 / tau_k) log sum_r exp(rho[r, k] + tau_k h[r, k]) - (1 / tau_k) log sum_r exp(rho[r, k])
@@ -26,7 +28,8 @@ One member computes, for ``K`` channels ``k``:
   add in the head;
 * the region prior ``rho`` is a tiny MLP of fixed region descriptors
   (:mod:`anomaly.crs.regions`: centroid, deep/cortical, volume), or, for an atlas
-  the toolkit does not ship, of a small learned embedding;
+  the toolkit does not ship, of a small learned embedding, plus (optionally) the
+  arousal and awareness families on the first two channels with a learned gain;
 * heads that map ``[z, dg, mg]`` to the outputs with weights ``<= 0`` on ``z`` and
   ``dg`` for the heads whose output increases with the CRS-R (the scalar score and
   the CORAL / CORN logits): more damage never raises the prediction. The softmax head
