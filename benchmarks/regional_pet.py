@@ -111,7 +111,7 @@ def evaluate(d: pd.DataFrame, patients: pd.DataFrame) -> dict:
     inside = (patients["low"] <= 100 * patients["g"]) & (100 * patients["g"] <= patients["high"])
     return {"measures": rows, "level": level, "ci95_coverage": float(inside.mean()),
             "ci95_width": float((patients["high"] - patients["low"]).mean()),
-            "n_pairs": int(len(d)), "n_damaged": int(damaged.sum()), "n_patients": int(len(patients))}
+            "n_pairs": len(d), "n_damaged": int(damaged.sum()), "n_patients": len(patients)}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -42,8 +42,16 @@ from anomaly.preprocess import Grid, template_images
 if TYPE_CHECKING:  # the atlas class uses this module, not the other way round
     from anomaly.atlas.atlases import Atlas
 
-__all__ = ["NON_CORTICAL", "RegionStats", "TABLE_DIGITS", "cortex_mask", "global_cortical_pet", "paint_regions",
-           "region_table", "round_table"]
+__all__ = [
+    "NON_CORTICAL",
+    "TABLE_DIGITS",
+    "RegionStats",
+    "cortex_mask",
+    "global_cortical_pet",
+    "paint_regions",
+    "region_table",
+    "round_table",
+]
 
 #: Regions that are not cortex (Neuromorphometrics names), excluded from the global level.
 NON_CORTICAL = ("Ventricle|Cerebell|Brain_Stem|Thalamus|Caudate|Putamen|Pallidum|Accumbens|Amygdala|"
