@@ -545,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", help="also write the results (table, out-of-fold predictions, targets) as JSON")
     ap.add_argument("--figure", help="also save the predicted-vs-true CRS-R scatter (PNG)")
     ap.add_argument("--features", help="region-table columns for every model, comma-separated, or 'all' "
-                                       "(default: anomaly fit-crs's, anomaly_mean)")
+                                       "(default: anomaly fit-crs's, each modality's mean z "
+                                       "and pet_focal_logratio_z)")
     ap.add_argument("--global-features", help="subject-level values, comma-separated, 'all' or 'none' "
                                               "(default: global_cortical_pet_percent)")
     ap.add_argument("--new-cohort", nargs=3, metavar=("SCORES_DIR", "PARTICIPANTS", "TRUTH"),

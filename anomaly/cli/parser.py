@@ -266,7 +266,8 @@ def _add_fit_crs(sub, common) -> None:
     p.add_argument("--mcs-cut", type=int, default=8, help="CRS-R cut for MCS-level AUROC (default 8)")
     p.add_argument("--features", metavar="LIST",
                    help="region-table columns given to the regressor and the ridge baseline, comma-separated, "
-                        "or 'all' (default anomaly_mean)")
+                        "or 'all' (default: each modality's mean z and pet_focal_logratio_z where present, "
+                        "else anomaly_mean)")
     p.add_argument("--global-features", metavar="LIST",
                    help="subject-level values of sub-<label>_scores.json, comma-separated, 'all' or 'none' "
                         "(default global_cortical_pet_percent where present)")

@@ -31,6 +31,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from .hypothesis import FAMILY_PATTERNS
+
 __all__ = ["DESCRIPTORS", "PRIOR_CHANNELS", "hypothesis_prior", "region_descriptors"]
 
 #: Names of the descriptor columns, in order.
@@ -105,8 +107,6 @@ def hypothesis_prior(region_names: Sequence[str], channels: int) -> np.ndarray |
     families and 0 elsewhere; further channels start flat. None when no region of the
     atlas matches a family (a user atlas with other names).
     """
-    from .hypothesis import FAMILY_PATTERNS
-
     prior = np.zeros((len(region_names), channels), dtype=np.float32)
     for k, (_, families) in enumerate(PRIOR_CHANNELS[:channels]):
         pattern = "|".join(f"(?:{FAMILY_PATTERNS[f]})" for f in families)

@@ -47,11 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomaly.constants import CRS_LEVELS, CRS_MAX
+
 __all__ = ["SIGNED_HEADS", "SignedMILNet"]
 
 #: Heads whose output increases with the CRS-R, hence sign-constrained.
 SIGNED_HEADS = ("scalar", "coral", "corn")
-_HEAD_OUT = {"scalar": 1, "coral": 23, "corn": 23, "softmax": 24}
+_HEAD_OUT = {"scalar": 1, "coral": CRS_MAX, "corn": CRS_MAX, "softmax": CRS_LEVELS}
 # Upper bound of the pooling temperatures: beyond it LSE pooling is a hard max.
 _TAU_MAX = 8.0
 # Initial temperature: 8 sigmoid(-3) = 0.38, close to a weighted mean of the regions
