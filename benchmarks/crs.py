@@ -49,6 +49,15 @@ Usage::
     python -m benchmarks.crs --scores-dir scores --participants bids/participants.tsv \\
         --truth bids/derivatives/simulation --cv kfold:5 --configs mse,coral
     python -m benchmarks.crs --quick --json crs.json --figure crs_scatter.png
+    python -m benchmarks.crs --cv kfold:5 --repeats 3 --configs mae,mae-coupled --select mae,mse
+
+Repeated, nested cross-validation: ``--repeats R`` repeats the outer K-fold with R fold
+seeds; every configuration's MAE is reported per repeat (mean and SD over repeats), and
+each one's paired MAE difference to the best baseline is bootstrapped over patients
+with all repeats' predictions (the metric averaged over repeats in every draw).
+``--select A,B`` adds a row whose configuration is chosen inside every outer training
+fold by an inner CV (``--inner-cv``) among the configurations A, B...: the choice (of
+the loss, for instance) is then validated rather than made on the test patients.
 
 ``run(...)`` returns the table, the out-of-fold predictions and the targets as data.
 """
@@ -67,11 +76,17 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomaly.constants import CRS_MAX
-from anomaly.crs import (MILRegressor, cross_validate, load_region_bags, paired_differences, region_correlations,
-                         select_features)
+from anomaly.crs import (
+    MILRegressor,
+    cross_validate,
+    load_region_bags,
+    paired_differences,
+    region_correlations,
+    select_features,
+)
 from anomaly.crs.conformal import missing_groups, modality_groups
-from anomaly.crs.validation import BASELINES
 from anomaly.crs.synthetic import simulate_region_bags
+from anomaly.crs.validation import BASELINES
 from benchmarks._common import save_figure, write_json
 from benchmarks._targets import crs_targets
 
@@ -90,6 +105,8 @@ CONFIGS: dict[str, dict] = {
     "mse+cur-self-paced": {"loss": "mse", "curriculum": "self-paced"},
     "mse+cur-random": {"loss": "mse", "curriculum": "random"},
     "mae": {"loss": "mae"},
+    "mae-coupled": {"loss": "mae", "global_coupling": True},
+    "mse-coupled": {"loss": "mse", "global_coupling": True},
     "mse-pooled": {"loss": "mse", "standardise": "pooled"},
     "mse-geometry": {"loss": "mse", "region_prior": "geometry"},
     "mse-aa": {"loss": "mse", "link": "arousal-awareness"},
@@ -202,8 +219,50 @@ def load_scored(scores_dir, participants, truth, atlas) -> dict:
     sd = parts["crs_sd"].to_numpy(float) if "crs_sd" in parts.columns else None
     if sd is not None and not np.isfinite(sd).any():
         sd = None  # as `anomaly fit-crs`: no crs_sd at all means unknown, not NaN for everyone
-    return {"bags": bags, "y": y, "y_sd": sd, "crs_true": crs_true, "causal": causal,
+    oracle_columns = [c for c in ORACLE_COLUMNS if c in table.columns]
+    oracle = table.loc[keep, oracle_columns].to_numpy(float) if len(oracle_columns) == len(ORACLE_COLUMNS) else None
+    return {"bags": bags, "y": y, "y_sd": sd, "crs_true": crs_true, "causal": causal, "oracle_inputs": oracle,
             "source": f"scored cohort {scores_dir} (truth {tsv})", "causal_missing": missing}
+
+
+#: Simulation truth that the CRS-R model is a function of (truth.tsv of a simulated cohort).
+ORACLE_COLUMNS = ("global_metabolism", "damage_brainstem", "damage_thalamus", "damage_posteromedial",
+                  "damage_frontal")
+
+
+def oracle_mae(inputs: np.ndarray | None, y: np.ndarray, cv: str, seed: int) -> float | None:
+    """Out-of-fold MAE of a ridge on the simulation's true causes, with the benchmark's folds.
+
+    A reference, not a model: with perfect features (the global level and the damage of
+    the four families that the simulator's CRS-R is made of) and the same number of
+    labels, how close to the noise floor a linear model gets. None without that truth.
+
+    Parameters
+    ----------
+    inputs : ndarray, shape (N, 5) or None
+        :data:`ORACLE_COLUMNS` of the patients.
+    y : ndarray, shape (N,)
+        Observed CRS-R.
+    cv : str
+        The benchmark's CV (``make_splits``); the MAE is averaged over its repeats.
+    seed : int
+    """
+    if inputs is None or not np.isfinite(inputs).all():
+        return None
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from anomaly.crs.validation import make_splits
+
+    maes = []
+    for folds in make_splits(len(y), cv, seed=seed):
+        pred = np.empty(len(y))
+        for train, test in folds:
+            model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+            pred[test] = model.fit(inputs[train], y[train]).predict(inputs[test])
+        maes.append(float(np.mean(np.abs(np.clip(pred, 0, 23) - y))))
+    return float(np.mean(maes))
 
 
 def cell(df: pd.DataFrame, model: str, metric: str) -> str:
@@ -227,7 +286,8 @@ def config_names(configs: list[str] | None, quick: bool) -> list[str]:
 def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = False, scores_dir=None,
         participants=None, truth=None, atlas=None, n_patients: int = 50, seed: int = 0, n_bootstrap: int = 1000,
         params: dict | None = None, threads: int | None = 1, features=None, global_features=None,
-        jobs: int = 1, new_cohort: tuple | None = None) -> dict:
+        jobs: int = 1, new_cohort: tuple | None = None, repeats: int = 1, select: list[str] | None = None,
+        inner_cv: str = "kfold:3") -> dict:
     """Run the benchmark and return its results as data.
 
     Parameters mirror the command line (``quick``: ``kfold:5`` instead of ``loo`` and
@@ -238,7 +298,9 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
     parallel processes. ``new_cohort``: (scores_dir, participants, truth) of another
     scored cohort whose patients check the intervals of the model fitted on this one
     (default for a scored cohort: no interval check; for the synthetic one: 200 new
-    synthetic patients).
+    synthetic patients). ``repeats``: the outer K-fold repeated with this many fold
+    seeds. ``select``: configurations among which a nested inner CV (``inner_cv``)
+    chooses in every outer training fold (one more row, ``MIL select(...)``).
 
     Returns
     -------
@@ -250,12 +312,17 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
         localisation AUROC per feature), ``predictions`` (DataFrame: participant_id, crs,
         crs_true, crs_pred_ridge, crs_pred_mean and crs_pred_mil_<config> out of fold),
         ``attention`` (dict config -> cohort-mean out-of-fold attention per region),
-        ``region_names``, ``causal`` and ``targets`` (:func:`check_targets`).
+        ``region_names``, ``causal``, ``targets`` (:func:`check_targets`),
+        ``repeat_predictions`` (column -> (R, N) out-of-fold predictions per repeat),
+        ``repeats`` (:func:`repeat_table`) and ``selected`` (how often the nested CV chose
+        each configuration; empty without ``select``).
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    cv = "kfold:5" if quick and cv == "loo" else cv
+    cv = repeated_cv("kfold:5" if quick and cv == "loo" else cv, repeats)
     names = config_names(configs, quick)
+    if select:
+        config_names(select, False)  # unknown names refused before any fitting
     extra = dict(params or {})
     data = load_inputs(scores_dir=scores_dir, participants=participants, truth=truth, atlas=atlas,
                        n_patients=n_patients, seed=seed)
@@ -268,8 +335,16 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
     can_localise = bool(causal.any() and not causal.all())
 
     predictions = pd.DataFrame({"participant_id": list(bags.participant_ids), "crs": y, "crs_true": crs_true})
-    rows, attention, baselines, cv_plus = _run_configs(names, bags, y, y_sd, causal if can_localise else None, predictions,
-                                              cv=cv, seed=seed, n_bootstrap=n_bootstrap, extra=extra, jobs=jobs)
+    rows, attention, baselines, cv_plus, oof = _run_configs(
+        names, bags, y, y_sd, causal if can_localise else None, predictions, cv=cv, seed=seed,
+        n_bootstrap=n_bootstrap, extra=extra, jobs=jobs)
+    selected = {}
+    if select:
+        row, oof_sel, attention[row["model"]], selected = _run_selection(
+            select, bags, y, y_sd, causal if can_localise else None, predictions, cv=cv, inner_cv=inner_cv,
+            seed=seed, n_bootstrap=n_bootstrap, extra=extra, jobs=jobs)
+        rows.append(row)
+        oof.update(oof_sel)
     table = _final_table(rows, baselines, floor)
     loc_corr = _correlation_localisation(all_bags, y, causal) if can_localise else {}
     result = {
@@ -277,14 +352,18 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
                      "participants": None if participants is None else str(participants),
                      "truth": None if truth is None else str(truth), "atlas": atlas, "n_patients": n_patients,
                      "seed": seed, "n_bootstrap": n_bootstrap, "params": extra, "threads": threads, "jobs": jobs,
+                     "repeats": repeats, "select": list(select or []), "inner_cv": inner_cv if select else None,
                      "features": list(bags.feature_names), "global_features": list(bags.global_feature_names)},
         "source": data["source"], "n": len(y), "n_regions": len(bags.region_names), "n_causal": int(causal.sum()),
         "n_features": len(bags.feature_names), "feature_names": list(bags.feature_names),
         "global_feature_names": list(bags.global_feature_names), "causal_missing": data["causal_missing"], "cv": cv,
         "noise_floor": floor, "table": table, "loc_corr": loc_corr, "predictions": predictions,
         "attention": attention, "region_names": list(bags.region_names), "causal": causal.tolist(),
+        "repeat_predictions": oof, "selected": selected,
+        "oracle_mae": oracle_mae(data.get("oracle_inputs"), y, cv, seed),
     }
     result["differences"] = baseline_differences(result, n_bootstrap=n_bootstrap, seed=seed)
+    result["repeats"] = repeat_table(oof, y, n_bootstrap=n_bootstrap, seed=seed)
     result["by_pet"] = mae_by_pet(predictions, bags)
     if new_cohort is not None:
         new = load_scored(*new_cohort, atlas)
@@ -299,15 +378,42 @@ def run(*, configs: list[str] | None = None, cv: str = "loo", quick: bool = Fals
     return result
 
 
+def repeated_cv(cv: str, repeats: int) -> str:
+    """``cv`` with its K-fold repeated ``repeats`` times (``kfold:K`` -> ``kfold:KxR``).
+
+    Leave-one-out has no fold seed to repeat; ``kfold:KxR`` already names its repeats.
+    """
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    if repeats == 1:
+        return cv
+    spec = str(cv).strip().lower()
+    if not spec.startswith("kfold:") or "x" in spec:
+        raise ValueError(f"--repeats needs --cv kfold:K (got {cv!r}): leave-one-out has no folds to reshuffle")
+    return f"{spec}x{repeats}"
+
+
+def _mil_row(label: str, res, causal, wall: float, cpu: float) -> tuple[dict, np.ndarray]:
+    """A table row of one cross-validated MIL and its cohort-mean out-of-fold attention."""
+    attention = res.attention.mean(0)
+    loc = roc_auc_score(causal, attention) if causal is not None else float("nan")
+    row = {"model": label, **{m: cell(res.metrics, "mil", m) for m in METRIC_COLUMNS},
+           "mae_est": res.metric("mil", "mae"), "spearman_est": res.metric("mil", "spearman"),
+           "qwk_est": res.metric("mil", "qwk"), "loc_auroc": loc, "seconds": wall, "cpu_s": cpu}
+    return row, attention
+
+
 def _run_configs(names, bags, y, y_sd, causal, predictions: pd.DataFrame, *, cv, seed, n_bootstrap, extra,
-                 jobs) -> tuple[list[dict], dict, object]:
+                 jobs) -> tuple[list[dict], dict, object, object, dict]:
     """Cross-validate each MIL configuration (the baselines with the first).
 
     Adds the out-of-fold predictions to ``predictions``; ``causal`` is None when the
     regions cannot be ranked (no causal region, or all). Returns the table rows, the
-    cohort-mean attention per configuration and the first run's result (baselines).
+    cohort-mean attention per configuration, the first run's result (baselines), the
+    primary configuration's CV+ material and the per-repeat out-of-fold predictions
+    (``crs_pred_<model>`` -> (R, N)).
     """
-    rows, attention = [], {}
+    rows, attention, oof = [], {}, {}
     baselines = cv_plus = None
     for i, name in enumerate(names):
         mil_params = {**CONFIGS[name], "seed": seed, **extra}
@@ -325,15 +431,41 @@ def _run_configs(names, bags, y, y_sd, causal, predictions: pd.DataFrame, *, cv,
             baselines = res
             for base in BASELINES:
                 predictions[f"crs_pred_{base}"] = _aligned(res.predictions, predictions, f"crs_pred_{base}")
+                oof[f"crs_pred_{base}"] = res.repeat_predictions[base]
         predictions[f"crs_pred_mil_{name}"] = _aligned(res.predictions, predictions, "crs_pred_mil")
-        attention[name] = res.attention.mean(0)
-        loc = roc_auc_score(causal, attention[name]) if causal is not None else float("nan")
-        rows.append({"model": f"MIL {name}", **{m: cell(res.metrics, "mil", m) for m in METRIC_COLUMNS},
-                     "mae_est": res.metric("mil", "mae"), "spearman_est": res.metric("mil", "spearman"),
-                     "qwk_est": res.metric("mil", "qwk"), "loc_auroc": loc, "seconds": wall, "cpu_s": cpu})
-        log(f"[{i + 1}/{len(names)}] {name}: MAE {rows[-1]['mae']}, loc {loc:.3f}, {wall:.0f} s wall, "
+        oof[f"crs_pred_mil_{name}"] = res.repeat_predictions["mil"]
+        row, attention[name] = _mil_row(f"MIL {name}", res, causal, wall, cpu)
+        rows.append(row)
+        log(f"[{i + 1}/{len(names)}] {name}: MAE {row['mae']}, loc {row['loc_auroc']:.3f}, {wall:.0f} s wall, "
             f"{cpu:.0f} s CPU")
-    return rows, attention, baselines, cv_plus
+    return rows, attention, baselines, cv_plus, oof
+
+
+def _run_selection(select, bags, y, y_sd, causal, predictions: pd.DataFrame, *, cv, inner_cv, seed, n_bootstrap,
+                   extra, jobs) -> tuple[dict, dict, np.ndarray, dict]:
+    """Nested CV: in every outer training fold an inner CV chooses among the ``select`` configurations.
+
+    Adds ``crs_pred_mil_select`` to ``predictions``. Returns the table row, the
+    per-repeat out-of-fold predictions, the cohort-mean attention and how often each
+    configuration was chosen (over all outer folds and repeats).
+    """
+    candidates = [dict(CONFIGS[name]) for name in select]
+    # Every candidate sets the same keys (the others at the regressor's defaults), so
+    # that a choice never inherits a setting of the candidate tried before it.
+    keys = sorted({k for c in candidates for k in c})
+    defaults = MILRegressor().get_params()
+    candidates = [{k: c.get(k, defaults[k]) for k in keys} for c in candidates]
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = cross_validate(bags, y, {"seed": seed, **extra}, y_sd=y_sd, cv=cv, seed=seed, n_bootstrap=n_bootstrap,
+                         baselines=False, n_jobs=jobs, progress=False, param_grid=candidates, inner_cv=inner_cv)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    label = f"MIL select({','.join(select)})"
+    row, attention = _mil_row(label, res, causal, wall, cpu)
+    chosen = [select[candidates.index(p)] for p in res.best_params]
+    counts = {name: chosen.count(name) for name in select}
+    predictions["crs_pred_mil_select"] = _aligned(res.predictions, predictions, "crs_pred_mil")
+    log(f"[select] {label}: MAE {row['mae']}, chosen {counts}, {wall:.0f} s wall, {cpu:.0f} s CPU")
+    return row, {"crs_pred_mil_select": res.repeat_predictions["mil"]}, attention, counts
 
 
 def interval_check(cv_plus, bags, y, y_sd, *, n_new: int = 200, seed: int = 0,
@@ -437,11 +569,51 @@ def check_targets(result: dict) -> list[dict]:
 
 
 def baseline_differences(result: dict, *, n_bootstrap: int, seed: int) -> pd.DataFrame:
-    """Paired bootstrap MAE and QWK differences of the primary MIL configuration against each baseline."""
-    p = result["predictions"]
-    preds = {"mil": p[f"crs_pred_mil_{primary_config(result)}"].to_numpy(float),
-             **{base: p[f"crs_pred_{base}"].to_numpy(float) for base in BASELINES}}
-    return paired_differences(p["crs"].to_numpy(float), preds, n_bootstrap=n_bootstrap, seed=seed)
+    """Paired bootstrap MAE and QWK differences of the primary MIL configuration against each baseline.
+
+    With repeated CV every repeat's predictions enter (the metric averaged over repeats
+    in each draw), not the predictions averaged over repeats (an ensemble no single
+    model is).
+    """
+    oof = result["repeat_predictions"]
+    preds = {"mil": oof[f"crs_pred_mil_{primary_config(result)}"],
+             **{base: oof[f"crs_pred_{base}"] for base in BASELINES}}
+    return paired_differences(result["predictions"]["crs"].to_numpy(float), preds, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def repeat_table(oof: dict, y: np.ndarray, *, n_bootstrap: int, seed: int) -> pd.DataFrame:
+    """MAE per repeat (mean, SD, range) of every model, and each MIL's paired difference to the best baseline.
+
+    Parameters
+    ----------
+    oof : dict
+        ``crs_pred_<model>`` -> (R, N) out-of-fold predictions of each repeat.
+    y : ndarray (N,)
+        Labels.
+    n_bootstrap, seed : int
+        Paired bootstrap over patients (:func:`anomaly.crs.paired_differences`, all
+        repeats in every draw).
+
+    Returns
+    -------
+    DataFrame
+        model, repeats, mae_mean, mae_sd (ddof 1; 0 with one repeat), mae_min, mae_max,
+        and for the MIL rows: best_baseline (lowest mean MAE), diff_best (MIL minus it),
+        diff_ci_low, diff_ci_high (95%).
+    """
+    mae = {col.removeprefix("crs_pred_"): np.abs(p - y[None]).mean(1) for col, p in oof.items()}
+    best = min(BASELINES, key=lambda b: mae[b].mean())
+    rows = []
+    for model, per_repeat in mae.items():
+        row = {"model": model, "repeats": per_repeat.size, "mae_mean": per_repeat.mean(),
+               "mae_sd": per_repeat.std(ddof=1) if per_repeat.size > 1 else 0.0,
+               "mae_min": per_repeat.min(), "mae_max": per_repeat.max()}
+        if model not in BASELINES:
+            d = paired_differences(y, {model: oof[f"crs_pred_{model}"], best: oof[f"crs_pred_{best}"]},
+                                   reference=model, metrics=("mae",), n_bootstrap=n_bootstrap, seed=seed).iloc[0]
+            row.update(best_baseline=best, diff_best=d.difference, diff_ci_low=d.ci_low, diff_ci_high=d.ci_high)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def text_table(result: dict) -> str:
@@ -478,6 +650,22 @@ def markdown(result: dict) -> str:
                   + ", ".join(f"{k} {v:.3f}" for k, v in result["loc_corr"].items())]
     if result["causal_missing"]:
         lines += ["", f"Causal regions missing from the region tables: {', '.join(result['causal_missing'])}"]
+    if result.get("repeats") is not None:
+        lines += ["", ("MAE over the CV's repeats (mean +- SD, range) and, for each MIL, minus the best baseline "
+                       "(paired bootstrap over patients, all repeats, 95%):"), "",
+                  "| model | repeats | MAE | range | minus best baseline |", "|---|---|---|---|---|"]
+        for r in pd.DataFrame(result["repeats"]).to_dict(orient="records"):
+            diff = r.get("diff_best")
+            versus = ("" if diff is None or not np.isfinite(diff) else
+                      f"{diff:+.2f} [{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}] vs {r['best_baseline']}")
+            lines.append(f"| {r['model']} | {r['repeats']} | {r['mae_mean']:.2f} +- {r['mae_sd']:.2f} | "
+                         f"{r['mae_min']:.2f}-{r['mae_max']:.2f} | {versus} |")
+    if result.get("oracle_mae") is not None:
+        lines += ["", (f"Oracle reference (ridge on the simulation's true global level and family damage, same "
+                       f"folds): MAE {result['oracle_mae']:.2f} = {result['oracle_mae'] / result['noise_floor']:.2f} "
+                       "x the noise floor: what perfect features and this many labels give a linear model.")]
+    if result.get("selected"):
+        lines += ["", "Nested selection chose: " + ", ".join(f"{k} {v}x" for k, v in result["selected"].items())]
     return "\n".join(lines)
 
 
@@ -537,6 +725,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--n-patients", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cv", default="loo")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="repeat the outer K-fold with this many fold seeds (needs --cv kfold:K; default 1)")
+    ap.add_argument("--select", help="comma-separated configurations among which a nested inner CV chooses in "
+                                     "every outer training fold (one more row)")
+    ap.add_argument("--inner-cv", default="kfold:3", help="inner CV of --select (default kfold:3)")
     ap.add_argument("--n-bootstrap", type=int, default=1000)
     ap.add_argument("--configs", help=f"comma-separated subset of: {', '.join(CONFIGS)}")
     ap.add_argument("--quick", action="store_true", help="kfold:5 and a subset of configurations")
@@ -566,9 +759,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.synthetic and args.scores_dir is not None:
         ap.error("--synthetic and --scores-dir are exclusive")
     names = args.configs.split(",") if args.configs else None
-    unknown = [n for n in names or [] if n not in CONFIGS]
+    select = args.select.split(",") if args.select else None
+    unknown = [n for n in (names or []) + (select or []) if n not in CONFIGS]
     if unknown:
         ap.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    try:
+        repeated_cv(args.cv, args.repeats)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.truth is not None:
         try:
             truth_paths(args.truth)
@@ -582,7 +780,8 @@ def main(argv: list[str] | None = None) -> dict:
                      participants=args.participants, truth=args.truth, atlas=args.atlas, n_patients=args.n_patients,
                      seed=args.seed, n_bootstrap=args.n_bootstrap, params=json.loads(args.params),
                      threads=args.threads, features=args.features, global_features=args.global_features, jobs=args.jobs,
-                     new_cohort=tuple(args.new_cohort) if args.new_cohort else None)
+                     new_cohort=tuple(args.new_cohort) if args.new_cohort else None, repeats=args.repeats,
+                     select=select, inner_cv=args.inner_cv)
     except AnomalyInputError as exc:  # e.g. a --features name the tables lack
         ap.error(str(exc))
     print(f"\nCRS-R benchmark: n={result['n']}, {result['n_regions']} regions, cv={result['cv']}, "
@@ -592,6 +791,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(text_table(result))
     print(f"MIL {primary_config(result)} minus each baseline, paired bootstrap (MAE below 0 / QWK above 0 is better):")
     print(result["differences"].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"MAE over {args.repeats} repeat(s) of the CV (mean, SD, range), and each MIL minus the best baseline "
+          "(paired bootstrap over patients, all repeats):")
+    print(result["repeats"].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if result["selected"]:
+        print(f"nested selection ({args.inner_cv} inside each outer training fold) chose: "
+              + ", ".join(f"{k} {v}x" for k, v in result["selected"].items()))
     print("out-of-fold MAE by PET availability:")
     print(result["by_pet"].pivot(index="model", columns="patients", values="mae").to_string(
         float_format=lambda v: f"{v:.2f}"))

@@ -10,6 +10,7 @@ from anomaly.crs import (MILRegressor, RidgeBaseline, benjamini_hochberg, bootst
                          cross_validate, make_splits, prediction_interval, quadratic_weighted_kappa,
                          region_correlations, regression_metrics)
 from anomaly.crs.synthetic import simulate_region_bags
+from anomaly.crs.validation import MeanBaseline, param_candidates
 
 
 def test_qwk_matches_sklearn(rng):
@@ -124,6 +125,32 @@ def test_nested_tuning_records_each_outer_fold():
                          param_grid={"hidden": [4, 8]}, inner_cv="kfold:2", baselines=False, n_bootstrap=20,
                          progress=False)
     assert len(res.best_params) == 3 and all(p["hidden"] in (4, 8) for p in res.best_params)
+
+
+class _ShiftedMean(MeanBaseline):
+    """The training mean plus a fixed shift (a model whose best setting is known: shift 0)."""
+
+    def __init__(self, shift: float = 0.0, scale: float = 1.0) -> None:
+        self.shift = shift
+        self.scale = scale
+
+    def predict(self, bags):
+        return self.scale * super().predict(bags) + self.shift
+
+
+def test_nested_selection_among_candidate_sets_and_repeated_folds():
+    cohort = simulate_region_bags(15, n_regions=4, seed=4)
+    # Candidates differ in their keys, as whole configurations do; the inner CV must
+    # find the unshifted one in every outer fold of every repeat.
+    candidates = [{"shift": 30.0}, {"shift": 0.0, "scale": 1.0}, {"shift": -30.0, "scale": 0.5}]
+    assert param_candidates({"shift": [0, 1], "scale": [2]}) == [{"shift": 0, "scale": 2}, {"shift": 1, "scale": 2}]
+    res = cross_validate(cohort.bags, cohort.crs, _ShiftedMean, cv="kfold:3x2", param_grid=candidates,
+                         inner_cv="kfold:3", baselines=True, n_bootstrap=20, progress=False)
+    assert res.best_params == [{"shift": 0.0, "scale": 1.0}] * 6
+    # Each repeat is a complete CV of its own: the selected model is the training mean there.
+    assert res.repeat_predictions["mil"].shape == (2, 15)
+    np.testing.assert_allclose(res.repeat_predictions["mil"], res.repeat_predictions["mean"])
+    assert not np.allclose(res.repeat_predictions["mil"][0], res.repeat_predictions["mil"][1])
 
 
 def test_ridge_baseline_imputes_missing(rng):

@@ -147,9 +147,11 @@ def test_autoencoder_finds_simulated_lesions(ae_model_dir, sim_cohort):
     baseline = _lesion_auroc(ae_model_dir, sim_cohort, baseline=True)
     assert _lesion_auroc(ae_model_dir, sim_cohort) > baseline + DETECTION_MARGIN
     meta = json.loads((ae_model_dir / "metadata.json").read_text())
-    losses = [row["train_loss"] for row in meta["history"]]
-    assert len(losses) == AE_TEST_SETTINGS["epochs"]
-    assert losses[-1] < losses[0]  # it learned something
+    assert meta["training"]["cross_fit"] == 2  # the default: two cross-fitted networks, one log each
+    for network in (1, 2):
+        losses = [row["train_loss"] for row in meta["history"] if row["network"] == network]
+        assert len(losses) == AE_TEST_SETTINGS["epochs"]
+        assert losses[-1] < losses[0]  # it learned something
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +269,8 @@ def test_resume_after_a_settings_change_is_refused(sim_cohort, tmp_path):
         message = str(excinfo.value)
         assert "\n" not in message and str(checkpoint) in message and named in message, message
     resumed = NormativeModel("ae", **settings).fit(subjects, workdir=tmp_path, resume=True, progress=False)
-    assert len(resumed.history_) == 1  # epoch 1 came from the checkpoint: no new training
+    # Epoch 1 of each of the two default networks came from its checkpoint: no new training.
+    assert len(resumed.history_) == resumed.cross_fit == 2
 
 
 def test_missing_modality_is_scored_as_nan(ae_model_dir, sim_cohort):
@@ -348,6 +351,20 @@ def test_folder_of_the_previous_layout_still_loads(ae_model_dir, sim_cohort, tmp
     _flip_a_byte(folder / "weights.safetensors")
     with pytest.raises(AnomalyModelError, match="weights.safetensors: SHA-256 does not match"):
         NormativeModel.load(folder)
+
+
+def test_settings_a_folder_does_not_record_load_as_it_was_fitted(zscore_model_dir, tmp_path):
+    """Folders written before cross-fitting and post-processing existed keep one
+    network and a raw anomaly map, not today's defaults."""
+    folder = _copy_model(zscore_model_dir, tmp_path / "m")
+    meta = json.loads((folder / "metadata.json").read_text())
+    for key in ("cross_fit", "median_filter", "erode_mask"):
+        meta["training"].pop(key)
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    old = NormativeModel.load(folder)
+    assert (old.cross_fit, old.median_filter, old.median_size(), old.erode_mask) == (1, 0, 0, 0)
+    new = NormativeModel.load(zscore_model_dir)
+    assert (new.cross_fit, new.median_filter, new.median_size()) == (2, None, 3)
 
 
 def test_a_crs_model_folder_is_not_a_normative_model(zscore_model_dir, tmp_path):
@@ -475,6 +492,6 @@ def test_two_process_distributed_training_writes_one_model(sim_cohort, tmp_path)
     result = subprocess.run(argv, check=False, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     model = NormativeModel.load(out)
-    assert model.history_ and len(model.history_) == 1
-    log = pd.read_csv(out / "training_log.csv")
+    assert model.history_ and len(model.history_) == model.cross_fit == 2  # one epoch per network
+    log = pd.read_csv(out / "training_log.csv")  # the first network's log
     assert list(log["epoch"]) == [1]

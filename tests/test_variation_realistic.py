@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from anomaly.normative.maps import postprocess_anomaly
 from anomaly.simulate import SimulationConfig, simulate_subject, simulation_config
@@ -52,6 +53,19 @@ def test_postprocessing_removes_isolated_voxels_and_the_mask_edge():
     assert not postprocess_anomaly(anomaly, mask, median_size=3, erode_voxels=1)[~mask].any()
 
 
+def test_separable_median_is_the_median_along_each_axis_in_turn(rng):
+    from anomaly.normative.maps import median_size_for_mm, separable_median
+
+    volume = rng.normal(size=(7, 8, 9)).astype(np.float32)
+    expected = volume
+    for axis in range(3):  # scipy's 1D median with zero padding, axis by axis
+        expected = ndimage.median_filter(expected, size=[5 if a == axis else 1 for a in range(3)], mode="constant")
+    np.testing.assert_allclose(separable_median(volume, 5), expected, atol=1e-6)
+    np.testing.assert_array_equal(separable_median(volume, 1), volume)
+    assert [median_size_for_mm(10, r) for r in (1.5, 2, 3, 4)] == [7, 5, 3, 3]
+    assert median_size_for_mm(0, 2) == 0
+
+
 def test_model_post_processing_is_applied_at_scoring_and_saved(zscore_model_dir, sim_cohort, tmp_path):
     import pytest
 
@@ -59,10 +73,14 @@ def test_model_post_processing_is_applied_at_scoring_and_saved(zscore_model_dir,
     from anomaly.normative import NormativeModel
 
     model = NormativeModel.load(zscore_model_dir)
-    assert (model.median_filter, model.erode_mask) == (0, 0)  # off by default (and for older folders)
+    # By default a median filter of about 10 mm: 3 voxels on this 4 mm grid; no erosion.
+    assert (model.median_filter, model.median_size(), model.erode_mask) == (None, 3, 0)
     patient = find_subjects(sim_cohort, group="patient")[0]
     prep = model.preprocess(patient.images)
+    default = model.transform(prep, age=patient.age, sex=patient.sex)
+    model.set_params(median_filter=0)
     plain = model.transform(prep, age=patient.age, sex=patient.sex)
+    np.testing.assert_array_equal(default.anomaly, postprocess_anomaly(plain.anomaly, model.mask_, median_size=3))
     model.set_params(median_filter=3, erode_mask=1)
     post = model.transform(prep, age=patient.age, sex=patient.sex)
     np.testing.assert_array_equal(post.z, plain.z)  # only the combined map changes

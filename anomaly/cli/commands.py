@@ -59,7 +59,8 @@ def cmd_fit_normative(args: argparse.Namespace) -> int:
         from anomaly.report.figures import plot_loss_curve
 
         plot_loss_curve(out / "training_log.csv", out / "loss_curve.png")
-    (out / "checkpoint.pt").unlink(missing_ok=True)
+    for checkpoint in out.glob("checkpoint*.pt"):  # one per network when cross-fitting
+        checkpoint.unlink(missing_ok=True)
     chosen = f"{args.method} -> {model.method_}" if model.method_ != args.method else args.method
     print(f"wrote {chosen} model ({', '.join(model.modalities_)}; "
           f"{model.n_train_} training / {model.n_calibration_} calibration controls) to {out}")
@@ -79,6 +80,7 @@ def _fit_normative_model(args: argparse.Namespace, subjects, out):
                            val_fraction=args.val_fraction, pet_reference=args.pet_reference,
                            seed=args.seed, device=args.device, augment=args.augment,
                            median_filter=args.median_filter, erode_mask=args.erode_mask,
+                           cross_fit=args.cross_fit,
                            lesion_directions=dict(args.lesion_direction) if args.lesion_direction else None)
     model.fit(subjects, workdir=out, resume=args.resume, progress=not args.quiet,
               num_workers=args.workers, keep_cache=args.keep_cache, drop_qc_outliers=args.drop_qc_outliers)
@@ -116,7 +118,7 @@ def cmd_fit_crs(args: argparse.Namespace) -> int:
     from anomaly.cli.crs import fit_crs
 
     kwargs = {} if args.epochs is None else {"epochs": args.epochs}
-    kwargs["params"] = {"architecture": args.architecture}
+    kwargs["params"] = {"architecture": args.architecture, "global_coupling": args.global_coupling}
     fit_crs(args.scores_dir, args.participants, args.out, loss=args.loss, cv=args.cv, atlas=args.atlas,
             lds=args.lds, curriculum=None if args.curriculum == "none" else args.curriculum,
             n_seeds=args.seeds, mcs_cut=args.mcs_cut, seed=args.seed, features=args.features,

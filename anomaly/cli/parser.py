@@ -115,8 +115,8 @@ def _add_fit_normative(sub, common) -> None:
     p.add_argument("--method", choices=("hybrid", "ae", "zscore", "auto"), default="hybrid",
                    help="hybrid (default: per-voxel mean of the autoencoder's and the voxelwise model's z "
                         "maps), ae (denoising autoencoder), zscore (voxelwise z-score model) or auto (fit "
-                        "the hybrid model, use whichever of ae, zscore and hybrid wins the self-check on "
-                        "held-out controls with injected lesions)")
+                        "the hybrid model; switch to ae or zscore only if it beats hybrid in every held-out "
+                        "control of the self-check: injected regional hypometabolism and lesions)")
     p.add_argument("--modalities", nargs="+", metavar="M",
                    help="BIDS suffixes to model (default: all that every control has)")
     p.add_argument("--resolution", type=_resolution, default=2.0, help="model grid voxel size in mm (default 2)")
@@ -124,13 +124,20 @@ def _add_fit_normative(sub, common) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=2, help="subjects per batch (default 2)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     p.add_argument("--val-fraction", type=_fraction, default=0.2,
-                   help="controls held out for validation and calibration (default 0.2)")
+                   help="with --cross-fit 1: controls held out for validation and calibration (default 0.2)")
     p.add_argument("--augment", type=float, default=0.0, metavar="S",
                    help="strength of the autoencoder's training augmentation (smooth warps, bias field, "
                         "contrast; reproducible from --seed); 0 = off (default), 1 = about 4 mm warps")
-    p.add_argument("--median-filter", type=_non_negative_int, default=0, metavar="N",
-                   help="at scoring, median-filter the combined anomaly map over N x N x N voxels; 0 = off "
-                        "(default); 3 raised the focal AUPRC on the realistic benchmark (README)")
+    p.add_argument("--cross-fit", type=_positive_int, default=2, metavar="K",
+                   help="cross-fitted calibration of the autoencoder: K networks, each trained on all "
+                        "controls but one fold of K, every control calibrated by the network that did not "
+                        "see it, a new subject scored by the mean of the K networks' z maps (default 2: "
+                        "training costs about 1.4 times one network, scoring two forward passes); 1 = one "
+                        "network calibrated on the --val-fraction held out")
+    p.add_argument("--median-filter", type=_non_negative_int, default=None, metavar="N",
+                   help="at scoring, median-filter the combined anomaly map over N voxels along each axis "
+                        "in turn; 0 = off; default: about 10 mm (5 voxels at 2 mm, 3 at 3-4 mm), which "
+                        "raised the focal AUPRC on the realistic benchmark (README)")
     p.add_argument("--erode-mask", type=_non_negative_int, default=0, metavar="N",
                    help="at scoring, set the combined anomaly map to 0 within N voxels of the brain mask's "
                         "edge (misregistered outlines); 0 = off (default)")
@@ -256,6 +263,10 @@ def _add_fit_crs(sub, common) -> None:
                    help="regressor network: 'signed' (few parameters, region prior from the atlas geometry, "
                         "more damage never raises the prediction) or 'gated' (the earlier gated attention "
                         "with a learned region embedding) (default signed)")
+    p.add_argument("--global-coupling", action=argparse.BooleanOptionalAction, default=False,
+                   help="correct the focal PET features for each region's coupling to the global cortical "
+                        "level (Theil-Sen slopes across the training patients, saved with the model; "
+                        "no gain on the tuning cohort, README) (default off)")
     p.add_argument("--cv", default="loo", help="loo, kfold:K or kfold:KxR (default loo)")
     p.add_argument("--atlas", help="atlas of the region tables (default: the only one present)")
     p.add_argument("--lds", action="store_true", help="label distribution smoothing reweighting")

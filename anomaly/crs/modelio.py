@@ -35,6 +35,7 @@ from anomaly.io import (
 from anomaly.io.modelfolder import FORMAT, FORMAT_VERSION, METADATA, sha256
 
 from .conformal import CVPlusIntervals
+from .coupling import coupling_from_dict, coupling_to_dict
 from .losses import LossSpec
 from .model import EnsembleMILNet, MILRegressor
 from .validation import prediction_interval
@@ -49,19 +50,22 @@ sha256_file = sha256
 # Fitted estimator attributes stored in the metadata (arrays as lists).
 _STATE = ("feature_names_", "region_index_", "region_names_", "global_feature_names_", "atlas_", "groups_",
           "feature_mean_", "feature_scale_", "global_mean_", "global_scale_", "y_mean_", "y_scale_",
-          "calibration_", "n_features_in_", "region_descriptors_")
+          "calibration_", "n_features_in_", "region_descriptors_", "global_coupling_")
 _ARRAYS = {"region_index_": np.int64, "feature_mean_": np.float64, "feature_scale_": np.float64,
            "global_mean_": np.float64, "global_scale_": np.float64, "calibration_": np.float64,
            "region_descriptors_": np.float32}
 # State added after the first format: its value in folders written before.
-_STATE_DEFAULTS = {"region_descriptors_": None}
+_STATE_DEFAULTS = {"region_descriptors_": None, "global_coupling_": None}
 # Parameters added after the first format: the value that reproduces older folders.
 _PARAM_DEFAULTS = {"architecture": "gated", "standardise": "pooled", "region_prior": "geometry",
-                   "modality_dropout": 0.0}
+                   "modality_dropout": 0.0, "global_coupling": False}
 # What differs between the fold models of one cross-validation (their layout is the
 # final model's: same regions, features and groups).
 _FOLD_STATE = ("feature_mean_", "feature_scale_", "global_mean_", "global_scale_", "y_mean_", "y_scale_",
-               "calibration_")
+               "calibration_", "global_coupling_")
+# State kept as objects in the estimator and as plain JSON in the metadata.
+_TO_JSON = {"global_coupling_": coupling_to_dict}
+_FROM_JSON = {"global_coupling_": coupling_from_dict}
 
 
 @dataclass
@@ -150,7 +154,7 @@ def save_crs_model(estimator: MILRegressor, folder: str | os.PathLike, *, confor
     meta = {
         "estimator": "MILRegressor",
         **record,
-        "state": {k: getattr(estimator, k) for k in _STATE},
+        "state": _state_record(estimator, _STATE),
         "atlas": estimator.atlas_,
         "feature_names": list(estimator.feature_names_),
         "regions": {"index": estimator.region_index_, "name": list(estimator.region_names_)},
@@ -191,7 +195,7 @@ def _cv_plus_record(cv_plus: CVPlusIntervals, tensors: dict[str, torch.Tensor]) 
     folds = []
     for k, model in enumerate(cv_plus.fold_models):
         record, fold_tensors = _estimator_record(model, f"fold{k:03d}.")
-        record["state"] = {key: getattr(model, key) for key in _FOLD_STATE}
+        record["state"] = _state_record(model, _FOLD_STATE)
         folds.append(record)
         tensors.update(fold_tensors)
     return {"alpha": cv_plus.alpha, "fold_of": [int(k) for k in cv_plus.fold_of],
@@ -237,9 +241,18 @@ def _estimator_from(meta: Mapping[str, Any]) -> MILRegressor:
     return est
 
 
+def _state_record(est: MILRegressor, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Fitted attributes ``keys`` of ``est`` as JSON-ready values."""
+    return {k: _TO_JSON[k](getattr(est, k, None)) if k in _TO_JSON else getattr(est, k) for k in keys}
+
+
 def _set_state(est: MILRegressor, state: Mapping[str, Any], keys: tuple[str, ...]) -> None:
     for k in keys:
         v = state[k] if k in state or k not in _STATE_DEFAULTS else _STATE_DEFAULTS[k]
+        if k in _FROM_JSON:
+            v = _FROM_JSON[k](v)
+            if k == "global_coupling_" and any(c.slope_.size != len(est.region_index_) for c in v.values()):
+                raise ValueError("global coupling: one slope per region expected")
         if k in _ARRAYS and v is not None:
             v = np.asarray(v, dtype=_ARRAYS[k])
             if k in ("global_mean_", "global_scale_"):
@@ -258,7 +271,7 @@ def _cv_plus_from(record: Mapping[str, Any], final: MILRegressor,
     models = []
     for k, fold in enumerate(record["folds"]):
         est = MILRegressor(**{**_PARAM_DEFAULTS, **fold["params"]})
-        _set_state(est, {key: getattr(final, key) for key in _STATE}, _STATE)  # the shared layout
+        _set_state(est, _state_record(final, _STATE), _STATE)  # the shared layout
         _set_state(est, fold["state"], _FOLD_STATE)
         est.net_ = _network_from(fold, est, tensors, f"fold{k:03d}.").eval()
         models.append(est)

@@ -44,6 +44,7 @@ __all__ = [
     "cross_validate",
     "make_splits",
     "paired_differences",
+    "param_candidates",
     "prediction_interval",
     "quadratic_weighted_kappa",
     "regression_metrics",
@@ -377,15 +378,50 @@ def _fit_predict(factory: Callable[[], Any], bags: RegionBags, y: np.ndarray, y_
     return est, est.predict(bags.subset(test))
 
 
-def tune_params(bags: RegionBags, y: np.ndarray, estimator: Any, param_grid: Mapping[str, Sequence[Any]], *,
+#: What :func:`tune_params` chooses among: a grid (name -> values) or a list of
+#: candidate parameter sets (e.g. whole configurations that differ in several keys).
+ParamGrid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
+
+
+def param_candidates(param_grid: ParamGrid) -> list[dict[str, Any]]:
+    """Every parameter set of a grid (their product), or the candidate list as given.
+
+    Parameters
+    ----------
+    param_grid : mapping or sequence of mappings
+        ``{"loss": ["mae", "mse"]}`` or ``[{"loss": "mae"}, {"loss": "mse", "lds": True}]``.
+    """
+    if isinstance(param_grid, Mapping):
+        keys = list(param_grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*(param_grid[k] for k in keys))]
+    return [dict(c) for c in param_grid]
+
+
+def tune_params(bags: RegionBags, y: np.ndarray, estimator: Any, param_grid: ParamGrid, *,
                 y_sd: np.ndarray | None = None, cv: str = "kfold:5", seed: int = 0) -> dict[str, Any]:
-    """Grid search by cross-validated MAE (used as the inner loop of nested CV)."""
+    """The parameter set with the lowest cross-validated MAE (the inner loop of nested CV).
+
+    Parameters
+    ----------
+    bags : RegionBags
+        The (outer training fold's) bags.
+    y : ndarray (N,)
+        Their labels.
+    estimator : MILRegressor, dict of params, factory or None
+        The base model; each candidate's parameters are set on a fresh copy.
+    param_grid : mapping or sequence of mappings
+        A grid or a list of candidates (:func:`param_candidates`); ties go to the first.
+    y_sd : ndarray (N,), optional
+        Label SDs passed to ``fit``.
+    cv : str, default="kfold:5"
+        Inner splits (:func:`make_splits`).
+    seed : int, default=0
+        Inner fold shuffling.
+    """
     factory = _make_estimator(estimator)
-    keys = list(param_grid)
     best, best_mae = None, np.inf
     splits = [s for rep in make_splits(len(y), cv, seed=seed) for s in rep]
-    for values in itertools.product(*(param_grid[k] for k in keys)):
-        params = dict(zip(keys, values))
+    for params in param_candidates(param_grid):
         errs = []
         for train, test in splits:
             _, pred = _fit_predict(factory, bags, y, y_sd, train, test, params)
@@ -397,7 +433,7 @@ def tune_params(bags: RegionBags, y: np.ndarray, estimator: Any, param_grid: Map
 
 
 def _run_fold(models: Mapping[str, Callable[[], Any]], bags: RegionBags, y: np.ndarray, sd: np.ndarray | None,
-              train: np.ndarray, test: np.ndarray, *, param_grid: Mapping[str, Sequence[Any]] | None,
+              train: np.ndarray, test: np.ndarray, *, param_grid: ParamGrid | None,
               inner_cv: str, seed: int, single_thread: bool, keep_model: bool = False) -> dict[str, tuple]:
     """Fit every model on one fold.
 
@@ -455,6 +491,9 @@ class CVResult:
     seconds : dict
         Time spent fitting and predicting each model, summed over folds (with
         ``n_jobs > 1`` folds overlap, so the CV's wall time is shorter).
+    repeat_predictions : dict of str to ndarray (R, N)
+        Out-of-fold predictions of each model in each repeat (``kfold:KxR``): every
+        row is a complete CV of its own, so metrics can be taken per repeat.
     """
 
     predictions: pd.DataFrame
@@ -466,6 +505,7 @@ class CVResult:
     seconds: dict[str, float] = field(default_factory=dict)
     differences: pd.DataFrame = field(default_factory=pd.DataFrame)
     cv_plus: CVPlusIntervals | None = None
+    repeat_predictions: dict[str, np.ndarray] = field(default_factory=dict)
 
     def metric(self, model: str, metric: str) -> float:
         """Point estimate of one metric."""
@@ -486,7 +526,7 @@ class CVResult:
 def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator: Any = None, *,
                    y_sd: Sequence[float] | None = None, cv: str | int = "loo", seed: int = 0, mcs_cut: float = 8,
                    alpha: float = 0.1, n_bootstrap: int = 1000, baselines: bool = True,
-                   param_grid: Mapping[str, Sequence[Any]] | None = None, inner_cv: str = "kfold:5",
+                   param_grid: ParamGrid | None = None, inner_cv: str = "kfold:5",
                    n_jobs: int = 1, progress: bool = True, keep_fold_models: bool = False) -> CVResult:
     """Out-of-fold predictions and metrics of the MIL regressor and the baselines.
 
@@ -510,9 +550,12 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
         Also cross-validate the training-fold mean, ridge regression and the
         arousal x awareness model (:data:`BASELINES`), and compare the MIL with each
         by paired bootstrap differences.
-    param_grid : mapping, optional
-        MIL hyperparameters to tune; tuned inside each outer training fold with
-        ``inner_cv`` (nested CV), so the outer estimate stays unbiased.
+    param_grid : mapping or sequence of mappings, optional
+        MIL hyperparameters to tune: a grid, or a list of candidate parameter sets
+        (e.g. ``[{"loss": "mae"}, {"loss": "mse"}]``: the choice of loss is then
+        validated, not made on the test patients). The choice is made inside each
+        outer training fold with ``inner_cv`` (nested CV), so the outer estimate stays
+        unbiased; :attr:`CVResult.best_params` lists the choices.
     inner_cv : str, default="kfold:5"
     n_jobs : int, default=1
         Folds fitted in parallel worker processes (-1: one per core). Results do not
@@ -547,7 +590,7 @@ def cross_validate(bags: RegionBags | np.ndarray, y: Sequence[float], estimator:
     att = folds["attention"]
     return CVResult(predictions=table, metrics=metrics, conformal_quantile=q, alpha=alpha,
                     attention=None if att is None else att.mean(0), best_params=folds["best_params"],
-                    seconds=folds["seconds"], differences=differences,
+                    seconds=folds["seconds"], differences=differences, repeat_predictions=preds,
                     cv_plus=_cv_plus(folds["kept"], y, preds["mil"][0], alpha) if keep_fold_models else None)
 
 

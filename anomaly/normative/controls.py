@@ -1,7 +1,9 @@
 """Which controls a normative model learns from, on which modalities, and how they split.
 
 The autoencoder trains on part of the controls and is calibrated on the others, which
-it never saw; the z-score model calibrates on all of them.
+it never saw; the z-score model calibrates on all of them. With cross-fitting
+(``cross_fit`` K >= 2) the controls fall into K folds: network k trains on every fold
+but k, and every control is calibrated with the network that did not see it.
 """
 
 from __future__ import annotations
@@ -55,16 +57,53 @@ def calibration_size(n_controls: int, val_fraction: float) -> int:
 
 @dataclass(frozen=True)
 class ControlSplit:
-    """Indices of the controls that train the network and of those that calibrate."""
+    """Indices of the controls that train the network and of those that calibrate.
+
+    ``folds`` is empty for a single split; with cross-fitting it holds K index arrays
+    (``train`` and ``calibration`` are then all controls): network k trains on every
+    control outside ``folds[k]`` and calibrates on ``folds[k]``.
+    """
 
     train: np.ndarray
     calibration: np.ndarray
+    folds: tuple[np.ndarray, ...] = ()
+
+    def network_of(self) -> dict[int, int]:
+        """Control index -> the network that did not train on it (empty: single split)."""
+        return {int(i): k for k, fold in enumerate(self.folds) for i in fold}
+
+    def fold_train(self, k: int) -> np.ndarray:
+        """The controls that train network ``k`` (all but fold ``k``)."""
+        return np.concatenate([f for j, f in enumerate(self.folds) if j != k])
 
 
-def split_controls(n_controls: int, val_fraction: float, *, method: str, seed: int) -> ControlSplit:
-    """Seeded split: held-out calibration controls for a network method, all controls for ``zscore``."""
+def check_cross_fit(cross_fit: object, n_controls: int | None = None) -> int:
+    """``cross_fit`` as an int, checked: a whole number >= 1 and, given the number of
+    controls, at most ``n_controls // 2`` (every fold needs two controls to calibrate).
+
+    Raises
+    ------
+    AnomalyInputError
+    """
+    if not isinstance(cross_fit, (int, np.integer)) or isinstance(cross_fit, bool) or cross_fit < 1:
+        raise AnomalyInputError(f"cross_fit: expected a whole number >= 1; got {cross_fit!r}")
+    if n_controls is not None and cross_fit > 1 and cross_fit > n_controls // 2:
+        raise AnomalyInputError(f"--cross-fit {cross_fit}: {n_controls} controls give at most "
+                                f"{n_controls // 2} folds of two controls")
+    return int(cross_fit)
+
+
+def split_controls(n_controls: int, val_fraction: float, *, method: str, seed: int,
+                   cross_fit: int = 1) -> ControlSplit:
+    """Seeded split: held-out calibration controls for a network method, all controls for ``zscore``.
+
+    With ``cross_fit`` K >= 2 (network methods) the same seeded order is cut into K
+    folds of near-equal size instead, and every control calibrates.
+    """
     order = np.random.default_rng(seed).permutation(n_controls)
     if method == "zscore":
         return ControlSplit(train=order, calibration=order)
+    if check_cross_fit(cross_fit, n_controls) > 1:
+        return ControlSplit(train=order, calibration=order, folds=tuple(np.array_split(order, cross_fit)))
     n_cal = calibration_size(n_controls, val_fraction)
     return ControlSplit(train=order[n_cal:], calibration=order[:n_cal])

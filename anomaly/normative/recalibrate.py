@@ -13,8 +13,13 @@ standardisation unchanged:
   ``(n sd_local^2 + k sd_old^2) / (n + k)`` with ``k = prior_weight`` (8): with few
   local controls the old SD keeps the map stable, with many the local one dominates.
 
-Both components of a network model (``ae`` and ``zscore``) are recalibrated. The
-result is a new model (written to a new folder by ``anomaly calibrate``); the input
+Both components of a network model (``ae`` and ``zscore``) are recalibrated. A
+cross-fitted model (:mod:`anomaly.normative.crossfit`) scores each network's residual
+against the shared calibration, so its ``ae`` part is re-estimated from the local
+controls' residuals under every network: the offset is their mean over controls and
+networks, the local variance the mean of the networks' variances across controls
+(``n`` stays the number of controls: the networks' residuals of one control are not
+independent). The result is a new model (written to a new folder by ``anomaly calibrate``); the input
 model is never changed.
 """
 
@@ -71,7 +76,10 @@ def recalibrate(model: Any, controls: Sequence[Subject], *, prior_weight: float 
                                 f"(group 'control' in participants.tsv); found {len(controls)}")
     kinds = {"ae": "calibration_", "zscore": "voxel_calibration_"} if model.network_ is not None \
         else {"zscore": "calibration_"}
-    residuals: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+    n_networks = len(getattr(model, "networks_", None) or [0])
+    # kind -> per network -> per control: the offsets "r - prediction" ("zscore": one list)
+    residuals: dict[str, list[list[np.ndarray]]] = {
+        k: [[] for _ in range(n_networks if k == "ae" else 1)] for k in kinds}
     rows = []
     for subject in tqdm(controls, desc="recalibrating", unit="subject", disable=not progress):
         prep = model.preprocess(subject.images)
@@ -80,8 +88,10 @@ def recalibrate(model: Any, controls: Sequence[Subject], *, prior_weight: float 
             raise AnomalyInputError(f"sub-{subject.label}: local control lacks {', '.join(missing)}")
         std = standardise(prep.data, prep.present, model.channel_mean_, model.channel_std_, model.mask_)
         for kind, attr in kinds.items():
-            cal = getattr(model, attr)
-            residuals[kind].append(model._residual(std, prep.present, kind=kind) - cal.predict(subject.age, subject.sex))
+            prediction = getattr(model, attr).predict(subject.age, subject.sex)
+            for j, per_network in enumerate(residuals[kind]):
+                network = j if len(residuals[kind]) > 1 else None  # None: the only network, or no network
+                per_network.append(model._residual(std, prep.present, kind=kind, network=network) - prediction)
         rows.append(subject.label)
     new = copy.copy(model)
     for kind, attr in kinds.items():
@@ -95,14 +105,16 @@ def recalibrate(model: Any, controls: Sequence[Subject], *, prior_weight: float 
 
 def _updated(cal: CalibrationMaps, offsets: np.ndarray, mask: np.ndarray, prior_weight: float,
              sigma: float) -> CalibrationMaps:
-    """New intercept and pooled SD from local offsets ``r - prediction``, shape (N, C, X, Y, Z)."""
-    n = offsets.shape[0]
+    """New intercept and pooled SD from local offsets ``r - prediction``, shape (K, N, C, X, Y, Z)
+    (K networks, 1 without cross-fitting)."""
+    k_networks, n = offsets.shape[:2]
     beta = cal.beta.copy()
     sd = cal.sd.copy()
-    for c in range(offsets.shape[1]):
-        shift = smooth_in_mask(offsets[:, c].mean(0), mask, sigma)
+    for c in range(offsets.shape[2]):
+        shift = smooth_in_mask(offsets[:, :, c].mean((0, 1)), mask, sigma)
         beta[0, c] = np.where(mask, beta[0, c] + shift, 0.0)
-        local_var = smooth_in_mask(((offsets[:, c] - shift) ** 2).sum(0) / max(n - 1, 1), mask, 1.5)
+        local_var = smooth_in_mask(((offsets[:, :, c] - shift) ** 2).sum((0, 1)) / (k_networks * max(n - 1, 1)),
+                                   mask, 1.5)
         pooled = (n * local_var + prior_weight * cal.sd[c] ** 2) / (n + prior_weight)
         floor = float(np.quantile(np.sqrt(pooled[mask]), 0.05)) if mask.any() else 1.0
         sd[c] = np.where(mask, np.maximum(np.sqrt(pooled), max(floor, 1e-6)), 1.0)

@@ -41,10 +41,22 @@ from anomaly.normative.network import (
 )
 
 __all__ = ["CHECKPOINT_NAME", "LOG_NAME", "DistributedContext", "TrainSettings", "TrainingInterrupted",
-           "evaluate", "init_distributed", "masked_mse", "train_autoencoder"]
+           "evaluate", "init_distributed", "masked_mse", "run_files", "train_autoencoder"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "training_log.csv"
+
+
+def run_files(workdir: Path, tag: str = "") -> tuple[Path, Path]:
+    """Checkpoint and CSV log of one training run in ``workdir``.
+
+    ``tag`` names one of several networks trained in the same folder (cross-fitting:
+    ``"network2"`` gives ``checkpoint-network2.pt`` and ``training_log-network2.csv``);
+    the empty tag gives the historical names, so a single network resumes as before.
+    """
+    suffix = f"-{tag}" if tag else ""
+    return (workdir / CHECKPOINT_NAME.replace(".pt", f"{suffix}.pt"),
+            workdir / LOG_NAME.replace(".csv", f"{suffix}.csv"))
 
 
 class TrainingInterrupted(RuntimeError):
@@ -106,7 +118,8 @@ def train_autoencoder(network: torch.nn.Module, train_set: torch.utils.data.Data
                       val_set: torch.utils.data.Dataset | None, mask: np.ndarray,
                       settings: TrainSettings, workdir: Path, *, ctx: DistributedContext,
                       resume: bool = False, progress: bool = True, num_workers: int = 0,
-                      on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+                      on_epoch: Callable[[dict], None] | None = None, tag: str = "",
+                      label: str = "") -> list[dict]:
     """Train ``network`` in place and return the per-epoch log.
 
     Parameters
@@ -129,17 +142,22 @@ def train_autoencoder(network: torch.nn.Module, train_set: torch.utils.data.Data
         DataLoader worker processes.
     on_epoch : callable, optional
         Called with each epoch's log row.
+    tag : str
+        Names this run's checkpoint and log in ``workdir`` (:func:`run_files`).
+    label : str
+        Prefix of the progress bar, e.g. "network 2/3" when several networks train.
 
     Raises
     ------
     TrainingInterrupted
         After SIGINT/SIGTERM, once a checkpoint has been written.
     """
-    run = _Run.start(network, train_set, mask, settings, workdir / CHECKPOINT_NAME, ctx)
+    checkpoint, log = run_files(workdir, tag)
+    run = _Run.start(network, train_set, mask, settings, checkpoint, ctx, label=label)
     start_epoch, start_batch, history = 0, 0, []
     if resume and run.checkpoint.exists():
         start_epoch, start_batch = run.restore()
-        history = _read_log(workdir / LOG_NAME)[:start_epoch]
+        history = _read_log(log)[:start_epoch]
     with _StopFlag() as stop:
         for epoch in range(start_epoch, settings.epochs):
             first = start_batch if epoch == start_epoch else 0
@@ -149,7 +167,7 @@ def train_autoencoder(network: torch.nn.Module, train_set: torch.utils.data.Data
             history.append(row)
             run.save_checkpoint(epoch + 1, 0)
             if ctx.is_main:
-                _write_log(workdir / LOG_NAME, history)
+                _write_log(log, history)
                 if on_epoch is not None:
                     on_epoch(row)
     return history
@@ -168,6 +186,7 @@ class _Run:
     settings: TrainSettings
     checkpoint: Path
     ctx: DistributedContext
+    label: str = ""
 
     @property
     def device(self) -> torch.device:
@@ -175,7 +194,7 @@ class _Run:
 
     @classmethod
     def start(cls, network: torch.nn.Module, train_set: torch.utils.data.Dataset, mask: np.ndarray,
-              settings: TrainSettings, checkpoint: Path, ctx: DistributedContext) -> _Run:
+              settings: TrainSettings, checkpoint: Path, ctx: DistributedContext, label: str = "") -> _Run:
         """Move the network to the device and build optimiser, sampler and schedule."""
         device = ctx.device
         network.to(device)
@@ -191,7 +210,7 @@ class _Run:
         total_steps = settings.epochs * math.ceil(len(sampler) / settings.batch_size)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=settings.lr, total_steps=max(total_steps, 1), pct_start=0.1)
-        return cls(network, model, optimizer, scheduler, sampler, mask_t, settings, checkpoint, ctx)
+        return cls(network, model, optimizer, scheduler, sampler, mask_t, settings, checkpoint, ctx, label)
 
     def restore(self) -> tuple[int, int]:
         """Load the checkpoint; return the epoch and batch it was written at.
@@ -245,7 +264,8 @@ class _Run:
         batches = [order[i:i + size] for i in range(0, len(order), size)]
         self.model.train()
         running, seen = 0.0, 0
-        bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
+        prefix = f"{self.label}, " if self.label else ""
+        bar = tqdm(total=len(batches), initial=first, desc=f"{prefix}epoch {epoch + 1}/{self.settings.epochs}",
                    unit="batch", disable=not (progress and self.ctx.is_main), leave=False)
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(train_set, [i for b in batches[first:] for i in b]),
