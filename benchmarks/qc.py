@@ -83,7 +83,7 @@ def run(bids: Path, resolution: float, tmp: Path) -> dict:
     from anomaly.normative import NormativeModel
     from anomaly.qc import RULES, assess_subject, screen_controls
     from anomaly.qc.controls import _median_cluster
-    from anomaly.qc.decide import retained_fraction
+    from anomaly.qc.decide import retained_fraction, rule_for
 
     subjects = find_subjects(bids)
     modalities = [m for m in ("T1w", "FLAIR", "pet") if all(m in s.images for s in subjects)]
@@ -99,7 +99,7 @@ def run(bids: Path, resolution: float, tmp: Path) -> dict:
     lowest: dict[tuple[str, str, str], tuple[float, str]] = {}
 
     def note(group: str, label: str, modality: str, metric: str, value) -> None:
-        rng, rule = reference.range(modality, metric), RULES[metric]
+        rng, rule = reference.range(modality, metric), rule_for(modality, metric)
         fraction = None if value is None or rng is None else retained_fraction(value, rng, rule)
         key = (group, modality, metric)
         if fraction is not None and fraction < lowest.get(key, (np.inf, ""))[0]:

@@ -114,6 +114,18 @@ def test_alignment_thresholds_are_retained_fractions(value, level):
         assert "anomaly prepare" in finding.message and "1.15 to 1.25" in finding.message
 
 
+@pytest.mark.parametrize("modality, value, level", [
+    ("pet", -0.05, "warn"),  # the flattest severe coma seen: scored, with a warning
+    ("pet", -0.5, "refuse"),  # reversed: a T1w given as PET, inverted intensities
+    ("FLAIR", 0.1, "refuse"),  # an MRI without its contrast: a mislabelled modality
+    ("FLAIR", 0.25, "warn")])
+def test_flat_pet_contrast_warns_and_a_reversed_one_refuses(modality, value, level):
+    # Controls' contrast 0.6-1.2, median 1.0: retained fractions equal the values.
+    ref = QCReference(metrics={modality: {"contrast": MetricRange(median=1.0, scale=0.1, low=0.6, high=1.2, n=20)}})
+    finding = judge_metric(modality, "contrast", value, ref)
+    assert finding is not None and finding.level == level, finding
+
+
 def test_a_value_as_typical_as_a_control_is_never_flagged():
     # One control as low as 1.02: the same value in a subject is not flagged.
     assert judge_metric("T1w", "alignment", 1.02, _reference(1.02, 1.2, 1.25)) is None
