@@ -118,12 +118,14 @@ def _region_group(labels: np.ndarray, candidates: Mapping[int, str], rng: np.ran
     keys = sorted(candidates)
     target_ml = float(np.exp(rng.uniform(*np.log(TERRITORY_ML))))
     group = [keys[rng.integers(len(keys))]]
-    while np.isin(labels, group).sum() * voxel_ml < target_ml and len(group) < MAX_TERRITORY_REGIONS:
-        shell = ndimage.binary_dilation(np.isin(labels, group)) & ~np.isin(labels, group)
+    inside = labels == group[0]
+    while inside.sum() * voxel_ml < target_ml and len(group) < MAX_TERRITORY_REGIONS:
+        shell = ndimage.binary_dilation(inside) & ~inside
         touching = sorted(set(np.unique(labels[shell]).tolist()) & set(keys))
         if not touching:
             break
         group.append(touching[rng.integers(len(touching))])
+        inside |= labels == group[-1]
     if rng.random() < 0.5:
         by_name = {n: i for i, n in candidates.items()}
         group += [o for o in (_homologue(candidates[i], by_name) for i in group) if o is not None and o not in group]
@@ -268,8 +270,8 @@ def inject_lesions(data: np.ndarray, present: np.ndarray, modalities: Sequence[s
     candidates = (region_candidates(atlas, mask, resolution)
                   if atlas is not None and pet is not None and present[pet] else {})
     typical = float(np.median(data[pet][mask])) if candidates else 0.0
+    labels = atlas.label_array() if candidates else None
     for _ in range(n_regions if candidates else 0):
-        labels = atlas.label_array()
         group = _region_group(labels, candidates, rng, resolution ** 3 / 1000.0)
         drop, sigma = float(rng.uniform(*REGION_DROP)), float(rng.uniform(*REGION_EDGE_SIGMA_MM))
         weight = _regional_weight(labels, group, mask, sigma, resolution)
