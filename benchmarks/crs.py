@@ -105,6 +105,8 @@ CONFIGS: dict[str, dict] = {
     "mse+cur-self-paced": {"loss": "mse", "curriculum": "self-paced"},
     "mse+cur-random": {"loss": "mse", "curriculum": "random"},
     "mae": {"loss": "mae"},
+    # The signed default before it was cut to two channels and 100 epochs.
+    "mae-4ch": {"loss": "mae", "channels": 4, "epochs": 300},
     "mae-coupled": {"loss": "mae", "global_coupling": True},
     "mse-coupled": {"loss": "mse", "global_coupling": True},
     "mse-pooled": {"loss": "mse", "standardise": "pooled"},

@@ -239,9 +239,10 @@ def test_fit_crs_feature_choice_reaches_model_and_cli_errors(dataset, tmp_path, 
     out = tmp_path / "m"
     rc = main(["fit-crs", str(dataset["scores"]), "--participants", str(dataset["participants"]), "--out", str(out),
                "--cv", "kfold:3", "--seeds", "1", "--epochs", "5", "--features", "pet_z_mean,FLAIR_z_mean",
-               "--global-features", "none", "--global-coupling", "--quiet"])
+               "--global-features", "none", "--global-coupling", "--channels", "3", "--quiet"])
     assert rc == 0
     meta = json.loads((out / "metadata.json").read_text())
+    assert meta["params"]["channels"] == 3 and meta["params"]["epochs"] == 5
     assert meta["feature_names"] == ["pet_z_mean", "FLAIR_z_mean"] and meta["state"]["global_feature_names_"] == []
     # The option reaches the regressor; without a focal PET feature there is nothing to correct.
     assert meta["params"]["global_coupling"] is True and meta["state"]["global_coupling_"] == {}

@@ -60,6 +60,16 @@ def test_missing_values_and_modalities(rng):
     assert model.groups_ == ["anomaly", "T1w", "pet"]
 
 
+def test_default_training_length_depends_on_the_architecture(rng):
+    bags, y = signal_bags(rng, n=12)
+    signed = MILRegressor(n_seeds=1).fit(bags, y)
+    assert signed.loss_history_.shape == (100,)
+    assert MILRegressor(architecture="gated")._n_epochs() == 300
+    assert MILRegressor(epochs=7)._n_epochs() == 7
+    with pytest.raises(ValueError, match="epochs"):
+        MILRegressor(epochs=0).fit(bags, y)
+
+
 def test_region_mismatch_is_refused(rng):
     from anomaly.io import AnomalyInputError
 

@@ -119,6 +119,8 @@ def cmd_fit_crs(args: argparse.Namespace) -> int:
 
     kwargs = {} if args.epochs is None else {"epochs": args.epochs}
     kwargs["params"] = {"architecture": args.architecture, "global_coupling": args.global_coupling}
+    if args.channels is not None:
+        kwargs["params"]["channels"] = args.channels
     fit_crs(args.scores_dir, args.participants, args.out, loss=args.loss, cv=args.cv, atlas=args.atlas,
             lds=args.lds, curriculum=None if args.curriculum == "none" else args.curriculum,
             n_seeds=args.seeds, mcs_cut=args.mcs_cut, seed=args.seed, features=args.features,

@@ -273,7 +273,11 @@ def _add_fit_crs(sub, common) -> None:
     p.add_argument("--curriculum", choices=("none", "confidence", "self-paced", "random"), default="none",
                    help="training order schedule; 'random' is the growing-set control (default none)")
     p.add_argument("--seeds", type=_positive_int, default=5, help="ensemble members (default 5)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: model's)")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="training epochs (default 100 for the signed network, 300 for the gated one)")
+    p.add_argument("--channels", type=_positive_int, default=None,
+                   help="signed network: instance channels, each with its own attention pooling "
+                        "(default 2: arousal and awareness)")
     p.add_argument("--mcs-cut", type=int, default=8, help="CRS-R cut for MCS-level AUROC (default 8)")
     p.add_argument("--features", metavar="LIST",
                    help="region-table columns given to the regressor and the ridge baseline, comma-separated, "
