@@ -32,12 +32,14 @@ Usage::
 
     python -m benchmarks.detection --quick                       # 4 mm, small cohorts
     python -m benchmarks.detection --resolution 3 --json det.json  # the README table
+    python -m benchmarks.detection --quick --params '{"channels": [32, 64, 128, 256]}'  # wider network
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import shutil
 import tempfile
 import time
@@ -86,6 +88,50 @@ RULES = ("mean", "stouffer", "max")
 POSTPROCESS = {"raw": {}, "median3": {"median_size": 3}, "median5": {"median_size": 5},
                "erode1": {"erode_voxels": 1}, "median3+erode1": {"median_size": 3, "erode_voxels": 1}}
 POSTPROCESSED_METHODS = ("zscore", "ae", "hybrid")
+#: NormativeModel keywords the benchmark sets from its own options (not via ``--params``;
+#: ``seed`` may be given there: it then changes the networks' seed, not the simulator's).
+RESERVED_PARAMS = ("method", "resolution", "epochs", "cross_fit")
+
+
+def parse_model_params(text: str, reserved: tuple[str, ...] = RESERVED_PARAMS) -> dict:
+    """Extra :class:`~anomaly.normative.NormativeModel` keyword arguments from a JSON object.
+
+    Parameters
+    ----------
+    text : str
+        JSON object, e.g. ``'{"channels": [32, 64, 128, 256], "augment": 1}'``.
+    reserved : tuple of str
+        Keywords the calling benchmark sets from its own options; refused here.
+
+    Returns
+    -------
+    dict
+        The keyword arguments.
+
+    Raises
+    ------
+    ValueError
+        Not JSON, a keyword ``NormativeModel`` does not take, or a reserved one.
+    TypeError
+        JSON, but not an object.
+    """
+    from anomaly.normative import NormativeModel
+
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--params: not valid JSON ({exc})") from None
+    if not isinstance(params, dict):
+        raise TypeError(f"--params: expected a JSON object of NormativeModel keywords, got {text!r}")
+    known = set(inspect.signature(NormativeModel).parameters)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"--params: unknown NormativeModel keyword(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known - set(reserved)))}")
+    taken = sorted(set(params) & set(reserved))
+    if taken:
+        raise ValueError(f"--params: {', '.join(taken)} is set by the benchmark's own option, not --params")
+    return params
 
 
 def best_dice(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -216,11 +262,15 @@ def evaluate(model, classical, patients, truth_dir: Path, default: str) -> dict:
 
 def run(*, healthy: int = 60, patients: int = 20, test_controls: int = 8, resolution: float = 3.0,
         epochs: int = 20, seed: int = 0, settings: tuple[str, ...] = tuple(SETTINGS),
-        out_dir: Path | None = None, rule: str | None = None, cross_fit: int | None = None) -> dict:
-    """Simulate, fit, evaluate every setting; return the results as a dict."""
+        out_dir: Path | None = None, rule: str | None = None, cross_fit: int | None = None,
+        params: dict | None = None) -> dict:
+    """Simulate, fit, evaluate every setting; return the results as a dict.
+
+    ``params``: extra ``NormativeModel`` keyword arguments of the fits (``--params``).
+    """
     args = {"healthy": healthy, "patients": patients, "test_controls": test_controls, "resolution": resolution,
             "epochs": epochs, "seed": seed, "settings": list(settings), "cross_fit": cross_fit,
-            "out_dir": None if out_dir is None else str(out_dir)}
+            "params": dict(params or {}), "out_dir": None if out_dir is None else str(out_dir)}
     work = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="anomaly-detection-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -242,7 +292,8 @@ def _fit(work: Path, key: str, bids: Path, args: dict) -> tuple:
                                                        "device": "cpu", "epochs": args["epochs"],
                                                        "drop_qc_outliers": True,
                                                        **({} if args.get("cross_fit") is None
-                                                          else {"cross_fit": args["cross_fit"]})})
+                                                          else {"cross_fit": args["cross_fit"]}),
+                                                       **args.get("params", {})})
     return NormativeModel.load(out), fit_s, peak
 
 
@@ -298,7 +349,8 @@ def markdown(result: dict) -> str:
     header = (f"Detection benchmark (realistic variation): {st['healthy']} training controls, "
               f"{st['patients']} patients and {st['test_controls']} local controls per setting, "
               f"{st['resolution']:g} mm, AE {st['epochs']} epochs, seed {st['seed']}, "
-              f"modality rule {result.get('rule', 'mean')}")
+              f"modality rule {result.get('rule', 'mean')}"
+              + (f", model params {json.dumps(st['params'])}" if st.get("params") else ""))
     lines = [header, "",
              f"Machine: {result['machine']}; simulation {result['sim_seconds']:.0f} s", ""]
     methods = [m for m in METHODS if m in next(iter(result["results"].values()))]
@@ -378,6 +430,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cross-fit", type=int, metavar="K",
                         help="fit-normative --cross-fit K: K cross-fitted networks (default: the toolkit's)")
+    parser.add_argument("--params", metavar="JSON", default="{}",
+                        help="extra NormativeModel keyword arguments for the fits, as a JSON object, e.g. "
+                             "'{\"channels\": [32, 64, 128, 256], \"augment\": 1}' (default: none; "
+                             "resolution, epochs and cross_fit have their own options; a seed here "
+                             "changes the model's seed only, not the simulated cohorts)")
     parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS),
                         help="settings to run (default: all)")
     parser.add_argument("--rule", choices=RULES, help="modality rule of the main table (default: the toolkit's)")
@@ -387,12 +444,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true",
                         help="4 mm, 16 controls, 6 patients, 8 epochs, in-domain and site shift only")
     args = parser.parse_args(argv)
+    try:
+        params = parse_model_params(args.params)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
     if args.quick:
         args.healthy, args.patients, args.test_controls, args.resolution, args.epochs = 16, 6, 5, 4.0, 8
         args.settings = ["in-domain", "site-shift", "site-shift-recal"]
     result = run(healthy=args.healthy, patients=args.patients, test_controls=args.test_controls,
                  resolution=args.resolution, epochs=args.epochs, seed=args.seed, settings=tuple(args.settings),
-                 out_dir=args.out_dir, rule=args.rule, cross_fit=args.cross_fit)
+                 out_dir=args.out_dir, rule=args.rule, cross_fit=args.cross_fit, params=params)
     result["args"] = {k: str(v) for k, v in vars(args).items()}
     print()
     print(markdown(result))

@@ -11,11 +11,13 @@ Usage::
     python -m benchmarks.training                          # 100 and 400 controls, 2 mm, 1 epoch
     python -m benchmarks.training --sizes 100 --epochs 20  # the full 100-control fit
     python -m benchmarks.training --sizes 10 20 --resolution 4 --json training.json
+    python -m benchmarks.training --sizes 100 --epochs 2 --method hybrid --params '{"augment": 1}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from benchmarks._common import fit_in_child, machine, write_json
 from benchmarks._targets import training_targets
+from benchmarks.detection import parse_model_params
 
 
 def measure(args, work: Path) -> list[dict]:
@@ -41,7 +44,8 @@ def measure(args, work: Path) -> list[dict]:
             simulate_cohort(bids, n_healthy=n, n_patients=0, resolution=args.resolution, n_jobs=2)
         sim = time.perf_counter() - t0
         seconds, peak = fit_in_child(args.method, bids, work / f"model-{n}",
-                                     {"resolution": args.resolution, "epochs": args.epochs, "device": "cpu"})
+                                     {"resolution": args.resolution, "epochs": args.epochs, "device": "cpu",
+                                      **args.params})
         rows.append({"controls": n, "simulate_s": sim, "fit_s": seconds, "s_per_epoch": seconds / args.epochs,
                      "peak_mb": peak})
     return rows
@@ -50,8 +54,9 @@ def measure(args, work: Path) -> list[dict]:
 def markdown(result: dict) -> str:
     """Header line and the Markdown table (as printed), from :func:`main`'s result or its JSON."""
     st = result["settings"]
+    params = f", model params {json.dumps(st['params'])}" if st.get("params") else ""
     header = (f"Normative fit ({st.get('method', 'ae')}), {st['resolution']:g} mm, 3 modalities, "
-              f"{st['epochs']} epoch(s); machine: {result['machine']}")
+              f"{st['epochs']} epoch(s){params}; machine: {result['machine']}")
     lines = [header, "",
              "| controls | simulate (s) | fit incl. preprocessing (s) | s/epoch (upper bound) | peak RSS (MB) |",
              "|---|---|---|---|---|"]
@@ -69,9 +74,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--method", default="ae", choices=("ae", "hybrid", "auto"),
                         help="normative method fitted (default ae); hybrid and auto add the voxelwise "
                              "calibration, and every network method runs the self-check")
+    parser.add_argument("--params", metavar="JSON", default="{}",
+                        help="extra NormativeModel keyword arguments, as a JSON object, e.g. "
+                             "'{\"channels\": [32, 64, 128, 256], \"augment\": 1}' (default: none)")
     parser.add_argument("--out-dir", type=Path, help="keep data here (default: temporary)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)
+    try:
+        args.params = parse_model_params(args.params, reserved=("method", "resolution", "epochs"))
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
 
     work = args.out_dir or Path(tempfile.mkdtemp(prefix="anomaly-training-"))
     try:
@@ -80,7 +92,7 @@ def main(argv=None) -> dict:
         if args.out_dir is None:  # several GB at the default sizes
             shutil.rmtree(work, ignore_errors=True)
     result = {"settings": {"sizes": args.sizes, "resolution": args.resolution, "epochs": args.epochs,
-                           "method": args.method},
+                           "method": args.method, "params": args.params},
               "machine": machine(), "rows": rows, "targets": training_targets(rows)}
     print()
     print(markdown(result))
