@@ -1,7 +1,9 @@
-"""Helpers shared by the benchmarks: machine description, JSON results, figures, child fits."""
+"""Helpers shared by the benchmarks: machine description, JSON results, figures, child fits,
+``--params`` keywords."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -118,3 +120,45 @@ def fit_in_child(method: str, bids: Path, out: Path, settings: dict) -> tuple[fl
         subprocess.run(argv, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         info = json.loads(report.read_text())
     return info["seconds"], info["peak_mb"]
+
+
+def parse_model_params(text: str, reserved: tuple[str, ...]) -> dict:
+    """Extra :class:`~anomaly.normative.NormativeModel` keyword arguments from a JSON object.
+
+    Parameters
+    ----------
+    text : str
+        JSON object, e.g. ``'{"channels": [32, 64, 128, 256], "augment": 1}'``.
+    reserved : tuple of str
+        Keywords the calling benchmark sets from its own options (e.g.
+        ``benchmarks.detection.RESERVED_PARAMS``); refused here.
+
+    Returns
+    -------
+    dict
+        The keyword arguments.
+
+    Raises
+    ------
+    ValueError
+        Not JSON, a keyword ``NormativeModel`` does not take, or a reserved one.
+    TypeError
+        JSON, but not an object.
+    """
+    from anomaly.normative import NormativeModel
+
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--params: not valid JSON ({exc})") from None
+    if not isinstance(params, dict):
+        raise TypeError(f"--params: expected a JSON object of NormativeModel keywords, got {text!r}")
+    known = set(inspect.signature(NormativeModel).parameters)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"--params: unknown NormativeModel keyword(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known - set(reserved)))}")
+    taken = sorted(set(params) & set(reserved))
+    if taken:
+        raise ValueError(f"--params: {', '.join(taken)} is set by the benchmark's own option, not --params")
+    return params

@@ -56,6 +56,7 @@ from benchmarks._common import (
     fit_in_child,
     machine,
     nan_for_none,
+    parse_model_params,
     save_figure,
     write_json,
 )
@@ -91,47 +92,6 @@ POSTPROCESSED_METHODS = ("zscore", "ae", "hybrid")
 #: NormativeModel keywords the benchmark sets from its own options (not via ``--params``;
 #: ``seed`` may be given there: it then changes the networks' seed, not the simulator's).
 RESERVED_PARAMS = ("method", "resolution", "epochs", "cross_fit")
-
-
-def parse_model_params(text: str, reserved: tuple[str, ...] = RESERVED_PARAMS) -> dict:
-    """Extra :class:`~anomaly.normative.NormativeModel` keyword arguments from a JSON object.
-
-    Parameters
-    ----------
-    text : str
-        JSON object, e.g. ``'{"channels": [32, 64, 128, 256], "augment": 1}'``.
-    reserved : tuple of str
-        Keywords the calling benchmark sets from its own options; refused here.
-
-    Returns
-    -------
-    dict
-        The keyword arguments.
-
-    Raises
-    ------
-    ValueError
-        Not JSON, a keyword ``NormativeModel`` does not take, or a reserved one.
-    TypeError
-        JSON, but not an object.
-    """
-    from anomaly.normative import NormativeModel
-
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--params: not valid JSON ({exc})") from None
-    if not isinstance(params, dict):
-        raise TypeError(f"--params: expected a JSON object of NormativeModel keywords, got {text!r}")
-    known = set(inspect.signature(NormativeModel).parameters)
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"--params: unknown NormativeModel keyword(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(known - set(reserved)))}")
-    taken = sorted(set(params) & set(reserved))
-    if taken:
-        raise ValueError(f"--params: {', '.join(taken)} is set by the benchmark's own option, not --params")
-    return params
 
 
 def best_dice(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -445,7 +405,7 @@ def main(argv=None) -> dict:
                         help="4 mm, 16 controls, 6 patients, 8 epochs, in-domain and site shift only")
     args = parser.parse_args(argv)
     try:
-        params = parse_model_params(args.params)
+        params = parse_model_params(args.params, RESERVED_PARAMS)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     if args.quick:

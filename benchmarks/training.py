@@ -23,9 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import fit_in_child, machine, write_json
+from benchmarks._common import fit_in_child, machine, parse_model_params, write_json
 from benchmarks._targets import training_targets
-from benchmarks.detection import parse_model_params
 
 
 def measure(args, work: Path) -> list[dict]:

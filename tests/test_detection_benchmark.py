@@ -2,13 +2,14 @@
 
 import pytest
 
-from benchmarks.detection import RESERVED_PARAMS, main, parse_model_params
+from benchmarks._common import parse_model_params
+from benchmarks.detection import RESERVED_PARAMS, main
 
 
 def test_params_are_normative_model_keywords():
-    params = parse_model_params('{"channels": [32, 64, 128, 256], "augment": 1, "seed": 3}')
+    params = parse_model_params('{"channels": [32, 64, 128, 256], "augment": 1, "seed": 3}', RESERVED_PARAMS)
     assert params == {"channels": [32, 64, 128, 256], "augment": 1, "seed": 3}
-    assert parse_model_params("{}") == {}
+    assert parse_model_params("{}", RESERVED_PARAMS) == {}
 
 
 @pytest.mark.parametrize("text, error, match", [
@@ -19,7 +20,7 @@ def test_params_are_normative_model_keywords():
 ])
 def test_bad_params_are_refused(text, error, match):
     with pytest.raises(error, match=match):
-        parse_model_params(text)
+        parse_model_params(text, RESERVED_PARAMS)
 
 
 def test_reserved_keywords_are_model_keywords():
