@@ -48,30 +48,33 @@ def test_peak_search_removes_a_misregistration_from_the_controls_sd():
 def test_network_models_peak_search_the_pet_of_their_voxelwise_component(ae_model_dir, sim_cohort):
     from anomaly.io import AnomalyInputError, find_subjects
     from anomaly.normative import NormativeModel
-    from anomaly.normative.calibration import standardise
-
-    from anomaly.normative.calibration import PET_PEAK_MM
+    from anomaly.normative.calibration import PET_PEAK_MM, standardise
     from anomaly.normative.maps import median_size_for_mm
 
     model = NormativeModel.load(ae_model_dir)
-    # 12 mm by default: 3 voxels on this 4 mm grid (7 at 2 mm); none for the zscore method.
+    # 12 mm by default: 3 voxels on this 4 mm grid (7 at 2 mm), recorded at fit;
+    # none for the zscore method.
     assert [median_size_for_mm(PET_PEAK_MM, r) for r in (1.5, 2, 3, 4)] == [9, 7, 5, 3]
-    assert (model.pet_peak_search, model.pet_peak_size()) == (None, 3)
+    assert (model.pet_peak_search, model.pet_peak_size(), model.pet_peak_size_) == (None, 3, 3)
+    assert json.loads((ae_model_dir / "metadata.json").read_text())["calibration"]["pet_peak_voxels"] == 3
     assert NormativeModel("zscore").pet_peak_size() == 0
     patient = find_subjects(sim_cohort, group="patient")[0]
     prep = model.preprocess(patient.images)
     std = standardise(prep.data, prep.present, model.channel_mean_, model.channel_std_, model.mask_)
     pet = model.modalities_.index("pet")
     searched = model._residual(std, prep.present, kind="zscore")
+    ae = model._residual(std, prep.present, kind="ae")
+    # Scoring follows the fitted search, not a parameter changed after the fit.
     model.set_params(pet_peak_search=0)
+    np.testing.assert_array_equal(model._residual(std, prep.present, kind="zscore"), searched)
+    model.pet_peak_size_ = 0
     plain = model._residual(std, prep.present, kind="zscore")
     others = [c for c in range(len(model.modalities_)) if c != pet]
     np.testing.assert_array_equal(searched[others], plain[others])
     inside = model.mask_
     assert (searched[pet][inside] >= plain[pet][inside] - 1e-5).mean() > 0.99  # a maximum, then smoothed
     assert not np.allclose(searched[pet], plain[pet])
-    np.testing.assert_array_equal(model._residual(std, prep.present, kind="ae"),
-                                  model.set_params(pet_peak_search=None)._residual(std, prep.present, kind="ae"))
+    np.testing.assert_array_equal(model._residual(std, prep.present, kind="ae"), ae)  # the network's: unchanged
     for bad in (-1, 2.5, True):
         with pytest.raises(AnomalyInputError, match="pet_peak_search"):
             NormativeModel(pet_peak_search=bad)._check_params()
@@ -80,14 +83,16 @@ def test_network_models_peak_search_the_pet_of_their_voxelwise_component(ae_mode
 def test_zscore_models_and_folders_written_before_do_not_peak_search(zscore_model_dir, ae_model_dir, tmp_path):
     from anomaly.normative import NormativeModel
 
-    assert NormativeModel.load(zscore_model_dir).pet_peak_size() == 0
+    assert NormativeModel.load(zscore_model_dir).pet_peak_size_ == 0
     folder = tmp_path / "old"
     shutil.copytree(ae_model_dir, folder, ignore=shutil.ignore_patterns("cache", "checkpoint*"))
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["training"]["pet_peak_search"] is None
     meta["training"].pop("pet_peak_search")  # as written before the option existed
+    meta["calibration"].pop("pet_peak_voxels")
     (folder / "metadata.json").write_text(json.dumps(meta))
-    assert NormativeModel.load(folder).pet_peak_size() == 0
+    old = NormativeModel.load(folder)
+    assert (old.pet_peak_search, old.pet_peak_size_) == (0, 0)
 
 
 def test_fit_normative_records_the_peak_search_and_rejects_a_bad_one(sim_cohort, tmp_path):

@@ -205,6 +205,9 @@ class NormativeModel(BaseEstimator):
         The controls' PET log ratios per region and cortical levels
         (:mod:`anomaly.normative.regional`); None without PET or for a model fitted
         before they were recorded.
+    pet_peak_size_ : int
+        Edge (voxels) of the PET peak search the voxelwise calibration was fitted with
+        (:meth:`pet_peak_size` at fit; 0: none).
     """
 
     def __init__(self, method: str = "hybrid", *, modalities: Sequence[str] | None = None,
@@ -332,6 +335,7 @@ class NormativeModel(BaseEstimator):
         self.modalities_ = choose_modalities(controls, self.modalities)
         self.grid_ = make_grid(self.resolution)
         self.mask_ = template_images(self.grid_)["mask"] > 0.5
+        self.pet_peak_size_ = self.pet_peak_size()
         ctx = init_distributed(self.device)
         with fit_workdir(workdir, ctx, keep_cache=keep_cache) as work:
             split = split_controls(len(controls), self.val_fraction, method=self.method, seed=self.seed,
@@ -544,7 +548,7 @@ class NormativeModel(BaseEstimator):
         """Residual maps (standardised units), smoothed, zero where absent.
 
         ``kind``: "ae" (image minus reconstruction) or "zscore" (the image, its PET
-        channel peak-searched: :meth:`pet_peak_size`); default: "ae" for a model with
+        channel peak-searched over ``pet_peak_size_`` voxels); default: "ae" for a model with
         a network. ``network``: reconstruct with that network
         only (a cross-fitted control's out-of-fold residual); default: all of them.
         """
@@ -554,7 +558,7 @@ class NormativeModel(BaseEstimator):
             residual = std_data - recon
         else:
             residual = std_data.copy()
-        peak = self.pet_peak_size() if kind == "zscore" else 0
+        peak = self.pet_peak_size_ if kind == "zscore" else 0
         for c in range(residual.shape[0]):
             if not present[c]:
                 residual[c] = 0.0
@@ -683,7 +687,9 @@ class NormativeModel(BaseEstimator):
         return int(self.median_filter)
 
     def pet_peak_size(self) -> int:
-        """Edge (voxels) of the PET peak search of the voxelwise component on this model's grid (0: none)."""
+        """Edge (voxels) of the PET peak search that ``pet_peak_search`` asks for on this model's grid
+        (0: none). ``fit`` records it as ``pet_peak_size_``, which scoring uses: the calibration
+        holds that search, whatever the parameter or a later default says."""
         if self.pet_peak_search is None:  # a network model's voxelwise component only
             return 0 if self.method == "zscore" else median_size_for_mm(PET_PEAK_MM, self.grid_.resolution)
         return int(self.pet_peak_search)
@@ -737,7 +743,8 @@ class NormativeModel(BaseEstimator):
                               "channel_std": self.channel_std_.tolist()},
             "calibration": {"covariates": ["age", "sex"] if cal.covariates else [],
                             "age_ref": cal.age_ref, "n_subjects": cal.n_subjects.tolist(),
-                            "smooth_sigma_voxels": self.smooth_sigma},
+                            "smooth_sigma_voxels": self.smooth_sigma,
+                            "pet_peak_voxels": self.pet_peak_size_},
             "training": params,
             "history": self.history_,
             "data": self.train_summary_,
@@ -787,6 +794,8 @@ class NormativeModel(BaseEstimator):
                     beta=arrays["voxel_beta"], sd=arrays["voxel_sd"], n_subjects=arrays["voxel_n_subjects"],
                     age_ref=float(cal["age_ref"]), covariates=arrays["voxel_beta"].shape[0] > 1)
             self.method_ = str(meta.get("method_used", meta["method"]))
+            # The search the calibration was fitted with (none in folders written before it).
+            self.pet_peak_size_ = int(cal.get("pet_peak_voxels", 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise AnomalyModelError(f"{files.path / METADATA}: inconsistent model folder ({exc})") from None
         self.covariates_ = bool(cal["covariates"])
