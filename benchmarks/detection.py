@@ -21,6 +21,10 @@ and scores the patients of each setting:
 ``default-sim``
     the original simulator (smooth 2 mm warps: what a voxelwise model fits best).
 
+Voxels are scored as EVALUATION.md says (:func:`anomaly.simulate.truth.read_truth`): over
+each patient's own brain mask (the template's mask where a cohort predates it), focal
+voxels positive, voxels changed only through the global level left out.
+
 Per setting and method: focal AUPRC (pooled voxels and the per-patient median), focal
 AUROC, best Dice, all-lesion AUPRC, and the ratio of the focal AUPRC to the classical
 reference of EVALUATION.md (:mod:`benchmarks._classical`), computed in the same run on
@@ -52,6 +56,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from anomaly.simulate.truth import read_truth
 from benchmarks._common import (
     fit_in_child,
     machine,
@@ -147,15 +152,6 @@ def _simulate(work: Path, key: str, spec: tuple, resolution: float) -> Path:
     return out
 
 
-def _truth(model, truth_dir: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
-    from anomaly.preprocess import resample_to_grid
-
-    prefix = truth_dir / f"sub-{label}" / f"sub-{label}_desc-"
-    focal = resample_to_grid(f"{prefix}focal_mask.nii.gz", model.grid_, interpolation="nearest") > 0.5
-    changed = resample_to_grid(f"{prefix}lesion_mask.nii.gz", model.grid_, interpolation="nearest") > 0.5
-    return focal, changed
-
-
 def default_method() -> str:
     """The method ``fit-normative`` and ``NormativeModel`` use by default."""
     from anomaly.normative import NormativeModel
@@ -195,14 +191,15 @@ def evaluate(model, classical, patients, truth_dir: Path, default: str) -> dict:
     per_subject: dict = {}
     focal_y, all_y = [], []
     for s in patients:
-        focal, changed = _truth(model, truth_dir, s.label)
-        evaluated = model.mask_ & ~(changed & ~focal)
+        truth = read_truth(truth_dir, s.label, model.grid_, model.mask_)
+        focal, evaluated = truth.focal, truth.focal_evaluated
         focal_y.append(focal[evaluated])
-        all_y.append(changed[model.mask_])
+        all_y.append(truth.changed[truth.brain])
         for key, amap in subject_maps(model, classical, s, default).items():
+            amap = np.nan_to_num(amap)  # no score is the lowest score
             p = pooled.setdefault(key, ([], []))
             p[0].append(amap[evaluated])
-            p[1].append(amap[model.mask_])
+            p[1].append(amap[truth.brain])
             if focal[evaluated].any():
                 per_subject.setdefault(key, []).append(average_precision_score(focal[evaluated], amap[evaluated]))
     fy, ay = np.concatenate(focal_y), np.concatenate(all_y)

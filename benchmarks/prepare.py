@@ -227,7 +227,7 @@ def detection(mni: Path, prepared: Path, resolution: float) -> dict:
 
     from anomaly.io import find_subjects
     from anomaly.normative import NormativeModel
-    from anomaly.preprocess import resample_to_grid
+    from anomaly.simulate.truth import read_truth
 
     model = NormativeModel("zscore", resolution=resolution, seed=0, device="cpu")
     model.fit(find_subjects(mni, group="control"), progress=False)
@@ -235,10 +235,8 @@ def detection(mni: Path, prepared: Path, resolution: float) -> dict:
     labels = []
     prepared_subjects = {s.label: s for s in find_subjects(prepared)}
     for subject in find_subjects(mni, group="patient"):
-        prefix = mni / "derivatives" / "simulation" / f"sub-{subject.label}" / f"sub-{subject.label}_desc-"
-        focal = resample_to_grid(f"{prefix}focal_mask.nii.gz", model.grid_, interpolation="nearest") > 0.5
-        changed = resample_to_grid(f"{prefix}lesion_mask.nii.gz", model.grid_, interpolation="nearest") > 0.5
-        evaluated = model.mask_ & ~(changed & ~focal)  # global hypometabolism left out
+        truth_masks = read_truth(mni / "derivatives" / "simulation", subject.label, model.grid_, model.mask_)
+        focal, evaluated = truth_masks.focal, truth_masks.focal_evaluated  # global hypometabolism left out
         labels.append(focal[evaluated])
         for key, images in (("mni", subject.images), ("prepared", prepared_subjects[subject.label].images)):
             anomaly = np.nan_to_num(model.transform(images, age=subject.age, sex=subject.sex).anomaly)

@@ -86,16 +86,14 @@ def pet_baseline_auroc(model_dir: Path, bids: Path) -> float:
 
     from anomaly.io import find_subjects
     from anomaly.normative import NormativeModel
-    from anomaly.preprocess import resample_to_grid
+    from anomaly.simulate.truth import read_truth
 
     model = NormativeModel.load(model_dir)
     truth = Path(bids) / "derivatives" / "simulation"
     scores, labels = [], []
     for subject in find_subjects(bids, group="patient"):
-        prefix = truth / f"sub-{subject.label}" / f"sub-{subject.label}_desc-"
-        focal = resample_to_grid(f"{prefix}focal_mask.nii.gz", model.grid_, interpolation="nearest") > 0.5
-        changed = resample_to_grid(f"{prefix}lesion_mask.nii.gz", model.grid_, interpolation="nearest") > 0.5
-        evaluated = model.mask_ & ~(changed & ~focal)
+        truth_masks = read_truth(truth, subject.label, model.grid_, model.mask_)
+        focal, evaluated = truth_masks.focal, truth_masks.focal_evaluated
         pet = model.preprocess(subject.images).data[model.modalities_.index("pet")]
         scores.append(-pet[evaluated])
         labels.append(focal[evaluated])

@@ -52,12 +52,11 @@ def test_network_models_peak_search_the_pet_of_their_voxelwise_component(ae_mode
     from anomaly.normative.maps import median_size_for_mm
 
     model = NormativeModel.load(ae_model_dir)
-    # 12 mm by default: 3 voxels on this 4 mm grid (7 at 2 mm), recorded at fit;
-    # none for the zscore method.
+    # 12 mm by default: 3 voxels on this 4 mm grid (7 at 2 mm), recorded at fit, for every method.
     assert [median_size_for_mm(PET_PEAK_MM, r) for r in (1.5, 2, 3, 4)] == [9, 7, 5, 3]
     assert (model.pet_peak_search, model.pet_peak_size(), model.pet_peak_size_) == (None, 3, 3)
     assert json.loads((ae_model_dir / "metadata.json").read_text())["calibration"]["pet_peak_voxels"] == 3
-    assert NormativeModel("zscore").pet_peak_size() == 0
+    assert NormativeModel("zscore", pet_peak_search=0).pet_peak_size() == 0
     patient = find_subjects(sim_cohort, group="patient")[0]
     prep = model.preprocess(patient.images)
     std = standardise(prep.data, prep.present, model.channel_mean_, model.channel_std_, model.mask_)
@@ -80,10 +79,10 @@ def test_network_models_peak_search_the_pet_of_their_voxelwise_component(ae_mode
             NormativeModel(pet_peak_search=bad)._check_params()
 
 
-def test_zscore_models_and_folders_written_before_do_not_peak_search(zscore_model_dir, ae_model_dir, tmp_path):
+def test_zscore_models_peak_search_and_folders_written_before_do_not(zscore_model_dir, ae_model_dir, tmp_path):
     from anomaly.normative import NormativeModel
 
-    assert NormativeModel.load(zscore_model_dir).pet_peak_size_ == 0
+    assert NormativeModel.load(zscore_model_dir).pet_peak_size_ == 3
     folder = tmp_path / "old"
     shutil.copytree(ae_model_dir, folder, ignore=shutil.ignore_patterns("cache", "checkpoint*"))
     meta = json.loads((folder / "metadata.json").read_text())

@@ -114,14 +114,21 @@ def test_auto_leaves_hybrid_only_for_a_method_better_in_every_control():
     assert best_method({"methods": {}}) == "hybrid"
 
 
-def test_hybrid_map_is_the_mean_of_its_components(ae_model_dir, sim_cohort):
+def test_hybrid_map_is_the_mean_of_its_components_and_the_voxelwise_peak_searched_pet(ae_model_dir, sim_cohort):
     model = NormativeModel.load(ae_model_dir)
     subject = find_subjects(sim_cohort, group="patient")[0]
     prep = model.preprocess(subject.images)
     std = standardise(prep.data, prep.present, model.channel_mean_, model.channel_std_, model.mask_)
     z = model.component_z(std, prep.present, subject.age, subject.sex)
-    np.testing.assert_allclose(z["hybrid"], 0.5 * (z["ae"] + z["zscore"]), atol=1e-6)
+    pet = model.modalities_.index("pet")
+    mri = [c for c in range(len(model.modalities_)) if c != pet]
+    assert model.pet_peak_size_ > 0
+    np.testing.assert_allclose(z["hybrid"][mri], 0.5 * (z["ae"] + z["zscore"])[mri], atol=1e-6)
+    np.testing.assert_array_equal(z["hybrid"][pet], z["zscore"][pet])
     assert not np.allclose(z["ae"], z["zscore"])
+    model.pet_peak_size_ = 0  # as in a folder written before the peak search: the mean everywhere
+    z = model.component_z(std, prep.present, subject.age, subject.sex)
+    np.testing.assert_allclose(z["hybrid"], 0.5 * (z["ae"] + z["zscore"]), atol=1e-6)
     # The ae model's transform is its ae component.
     np.testing.assert_allclose(model.transform(prep, age=subject.age, sex=subject.sex).z, z["ae"], atol=1e-6)
 

@@ -92,7 +92,7 @@ def test_tree_follows_the_bids_contract(cohort):
                 assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
                 assert np.allclose(np.diag(img.affine)[:3], RES)
                 assert img.get_data_dtype() == (np.float32 if modality == "pet" else np.int16)
-        masks = [deriv / pid / f"{pid}_desc-{d}_mask.nii.gz" for d in ("lesion", "focal")]
+        masks = [deriv / pid / f"{pid}_desc-{d}_mask.nii.gz" for d in ("lesion", "focal", "brain")]
         assert all(m.is_file() for m in masks) == (group == "patient")
     assert len(shapes) == 1
     assert not list(cohort.parent.glob(".*tmp*"))  # temporary folder renamed away
@@ -286,7 +286,8 @@ def test_cohort_pet_cerebellum_matches_controls_after_scale(cohort, labels):
 
 def test_control_has_no_damage_and_no_masks():
     control = simulate_subject(2, resolution=RES, modalities=("T1w",))
-    assert control.crs is None and control.lesion_mask is None and not control.lesions
+    assert control.crs is None and control.lesion_mask is None and control.brain_mask is None
+    assert not control.lesions
     assert control.global_metabolism == 1.0
     with pytest.raises(AnomalyInputError, match="patient"):
         simulate_subject(2, resolution=RES, damage={"thalamus": 0.5})

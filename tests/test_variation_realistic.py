@@ -24,6 +24,28 @@ def test_realistic_subjects_are_reproducible_from_the_seed():
     assert not np.array_equal(first.images["pet"], other.images["pet"])
 
 
+def test_the_truth_is_drawn_in_the_subjects_own_brain(tmp_path):
+    """Changes lie inside the subject's brain mask, which differs from the template's after
+    the realistic deformation; focal detection is scored over that brain (EVALUATION.md)."""
+    from anomaly.preprocess import Grid, template_images
+    from anomaly.simulate.truth import read_truth
+    from anomaly.simulate.writer import write_subject
+
+    p = _frontal_patient(4, simulation_config("realistic"))
+    assert p.brain_mask.dtype == bool and p.brain_mask.shape == p.focal_mask.shape
+    assert p.focal_mask.any() and not (p.lesion_mask & ~p.brain_mask).any()
+    grid = Grid(shape=p.brain_mask.shape, affine=p.affine, resolution=RES)
+    template = template_images(grid)["mask"] > 0.5
+    assert (template != p.brain_mask).mean() > 0.01  # millimetres of warp and atrophy
+    write_subject(tmp_path, "pt001", p, missing=())
+    truth_dir = tmp_path / "derivatives" / "simulation"
+    truth = read_truth(truth_dir, "pt001", grid, template)
+    np.testing.assert_array_equal(truth.brain, p.brain_mask)
+    np.testing.assert_array_equal(truth.focal_evaluated, p.brain_mask & ~(p.lesion_mask & ~p.focal_mask))
+    (truth_dir / "sub-pt001" / "sub-pt001_desc-brain_mask.nii.gz").unlink()  # an older cohort
+    np.testing.assert_array_equal(read_truth(truth_dir, "pt001", grid, template).brain, template)
+
+
 def test_realistic_hypometabolism_is_subtler_than_the_default():
     """A fully damaged family loses 1 - pet_drop of its uptake: 0.3 (default) vs 0.6 (realistic)."""
     def deepest_drop(config):

@@ -132,7 +132,8 @@ def detection_summary(bids: Path, scores: Path) -> dict:
     """Voxel AUROC of the patients' anomaly maps for their simulated focal lesions."""
     from sklearn.metrics import roc_auc_score
 
-    from anomaly.preprocess import Grid, resample_to_grid, template_images
+    from anomaly.preprocess import Grid, template_images
+    from anomaly.simulate.truth import read_truth
 
     truth = bids / "derivatives" / "simulation"
     values, labels = [], []
@@ -144,12 +145,10 @@ def detection_summary(bids: Path, scores: Path) -> dict:
         img = read_map(anomaly_path, str(anomaly_path))
         grid = Grid(shape=img.shape, affine=img.affine, resolution=float(abs(img.affine[0, 0])))
         anomaly = np.asarray(img.dataobj, np.float32)
-        focal = resample_to_grid(f"{prefix}focal_mask.nii.gz", grid, interpolation="nearest") > 0.5
-        changed = resample_to_grid(f"{prefix}lesion_mask.nii.gz", grid, interpolation="nearest") > 0.5
-        # Voxels changed only by global hypometabolism are neither lesion nor normal.
-        evaluated = (template_images(grid)["mask"] > 0.5) & ~(changed & ~focal)
-        values.append(anomaly[evaluated])
-        labels.append(focal[evaluated])
+        truth_masks = read_truth(truth, label.removeprefix("sub-"), grid, template_images(grid)["mask"] > 0.5)
+        evaluated = truth_masks.focal_evaluated
+        values.append(np.nan_to_num(anomaly[evaluated]))
+        labels.append(truth_masks.focal[evaluated])
     if not labels or not np.concatenate(labels).any():
         return {}
     y, s = np.concatenate(labels), np.concatenate(values)

@@ -139,11 +139,11 @@ def _add_fit_normative(sub, common) -> None:
                         "in turn; 0 = off; default: about 10 mm (5 voxels at 2 mm, 3 at 3-4 mm), which "
                         "raised the focal AUPRC on the realistic benchmark (README)")
     p.add_argument("--pet-peak-search", type=_non_negative_int, default=None, metavar="N",
-                   help="PET peak search of the voxelwise component (after 3D-SSP): each PET voxel takes "
+                   help="PET peak search of the voxelwise model (after 3D-SSP): each PET voxel takes "
                         "the highest uptake in a cube of N voxels, before calibration and at scoring, so "
                         "that a few mm of misregistration of the cortex do not inflate the controls' SD; "
-                        "0 = off; default: about 12 mm (7 voxels at 2 mm, 5 at 3 mm, 3 at 4 mm) for the methods "
-                        "with a network, off for --method zscore (README)")
+                        "with it, the hybrid takes its PET z from the voxelwise model alone; 0 = off; "
+                        "default: about 12 mm (7 voxels at 2 mm, 5 at 3 mm, 3 at 4 mm) (README)")
     p.add_argument("--erode-mask", type=_non_negative_int, default=0, metavar="N",
                    help="at scoring, set the combined anomaly map to 0 within N voxels of the brain mask's "
                         "edge (misregistered outlines); 0 = off (default)")

@@ -7,7 +7,8 @@ The dataset, in MNI152 space::
     sub-<l>/pet/sub-<l>_pet.nii.gz
     derivatives/simulation/dataset_description.json, truth.tsv,
         causal_regions.json, simulation.json,
-        sub-<l>/sub-<l>_desc-lesion_mask.nii.gz, ..._desc-focal_mask.nii.gz
+        sub-<l>/sub-<l>_desc-lesion_mask.nii.gz, ..._desc-focal_mask.nii.gz,
+        ..._desc-brain_mask.nii.gz (patients; see :mod:`anomaly.simulate.truth`)
 
 with labels ``hc001``... for controls and ``pt001``... for patients.
 

@@ -65,6 +65,9 @@ class SimulatedSubject:
         Global intensity factor per modality (MRI gain, PET SUV-like scale).
     lesion_mask, focal_mask : numpy.ndarray of bool or None
         Ground-truth masks (patients only, unless not requested).
+    brain_mask : numpy.ndarray of bool or None
+        The subject's own brain (its deformed, aged anatomy, not the template), with the
+        truth masks: the voxels over which detection is scored.
     twins : dict of str to dict of str to numpy.ndarray or None
         With ``return_twins=True``: ``"healthy"`` (g = 1, no focal damage) and
         ``"global"`` (same g, no focal damage) images of the same subject, with the
@@ -87,6 +90,7 @@ class SimulatedSubject:
     gains: dict[str, float]
     lesion_mask: np.ndarray | None = None
     focal_mask: np.ndarray | None = None
+    brain_mask: np.ndarray | None = None
     twins: dict[str, dict[str, np.ndarray]] | None = None
 
 
@@ -209,7 +213,7 @@ def simulate_from_seed(sim: Simulator, ss: np.random.SeedSequence, group: str, *
     want_masks = masks and patient
     scans = {m: render(sim, stream(ss, m), m, anat, dmg, want_masks or twins)
              for m in sim.modalities}
-    lesion_mask, focal_mask = _truth_masks(sim, anat, scans) if want_masks else (None, None)
+    lesion_mask, focal_mask, brain_mask = _truth_masks(sim, anat, scans) if want_masks else (None,) * 3
     arousal = awareness = crs_true = crs = None
     if patient:
         arousal, awareness, crs_true, crs = crs_scores(cfg, ss, dmg.g, dmg.families, label_noise_sd)
@@ -220,7 +224,7 @@ def simulate_from_seed(sim: Simulator, ss: np.random.SeedSequence, group: str, *
         lesions=[lesion.as_dict() for lesion in dmg.lesions],
         arousal=arousal, awareness=awareness, crs_true=crs_true, crs=crs,
         gains={m: scan.gain for m, scan in scans.items()},
-        lesion_mask=lesion_mask, focal_mask=focal_mask,
+        lesion_mask=lesion_mask, focal_mask=focal_mask, brain_mask=brain_mask,
         twins={key: {m: scan.finish(scan.variants[key]) for m, scan in scans.items()}
                for key in ("healthy", "global")} if twins else None,
     )
@@ -245,8 +249,9 @@ def _damage(sim: Simulator, ss: np.random.SeedSequence, anat: Anatomy, patient: 
 
 
 def _truth_masks(sim: Simulator, anat: Anatomy,
-                 scans: Mapping[str, Scan]) -> tuple[np.ndarray, np.ndarray]:
-    """Lesion and focal masks on the grid: voxels where any modality differs from a twin."""
+                 scans: Mapping[str, Scan]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lesion and focal masks on the grid (voxels where any modality differs from a twin)
+    and the subject's brain mask."""
     threshold = sim.config.mask_threshold
     inside = sim.to_box(anat.brain) > 0.5
     lesion = np.zeros(sim.tpl.box_shape, bool)
@@ -254,7 +259,7 @@ def _truth_masks(sim: Simulator, anat: Anatomy,
     for scan in scans.values():
         lesion |= _differs(scan.clean, scan.variants["healthy"], inside, threshold)
         focal |= _differs(scan.clean, scan.variants["global"], inside, threshold)
-    return sim.to_grid(lesion, bool), sim.to_grid(focal, bool)
+    return sim.to_grid(lesion, bool), sim.to_grid(focal, bool), sim.to_grid(inside, bool)
 
 
 def _differs(

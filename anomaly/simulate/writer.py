@@ -58,7 +58,8 @@ def write_subject(root: Path, label: str, subject: SimulatedSubject,
         _write_mni_images(root, label, subject, missing)
     if subject.lesion_mask is not None:
         truth_dir = root.joinpath(*_TRUTH_FOLDER, f"sub-{label}")
-        for desc, mask in (("lesion", subject.lesion_mask), ("focal", subject.focal_mask)):
+        for desc, mask in (("lesion", subject.lesion_mask), ("focal", subject.focal_mask),
+                           ("brain", subject.brain_mask)):
             path = truth_dir / f"sub-{label}_desc-{desc}_mask.nii.gz"
             save_image(_nifti(mask.astype(np.uint8), subject.affine), path)
 
