@@ -12,8 +12,11 @@ from anomaly.cli.main import main
 from conftest import pet_baseline_auroc
 
 
-#: Margin over the model-free baseline (voxel AUROC); measured: baseline 0.793, autoencoder 0.874.
-DETECTION_MARGIN = 0.05
+#: Margin over the model-free baseline (voxel AUROC). Measured over the patients' own brains:
+#: baseline 0.847, default model 0.887 (ae 0.891, zscore 0.886); over the template's mask,
+#: before the truth had the patients' brains, 0.793 and 0.874: the CSF that the template's
+#: mask adds lowered the baseline most.
+DETECTION_MARGIN = 0.025
 
 
 def test_quick_demo_runs_end_to_end(tmp_path, capsys):
@@ -35,7 +38,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
 
     summary = json.loads((out / "demo_summary.json").read_text())
     assert [c["status"] for c in summary["commands"]] == [0] * 6
-    # The autoencoder finds the simulated focal lesions better than no model at all.
+    # The normative model finds the simulated focal lesions better than no model at all.
     baseline = pet_baseline_auroc(out / "normative_model", out / "bids")
     assert baseline > 0.7, baseline  # the lesions are visible: the comparison means something
     assert summary["detection"]["focal_lesion_voxel_auroc"] > baseline + DETECTION_MARGIN

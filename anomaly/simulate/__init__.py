@@ -9,7 +9,8 @@ streams), ``checks`` (parameter validation), ``template`` (MNI152 tissue maps an
 atlas), ``simulator`` (template + configuration), ``anatomy`` (deformation, ageing),
 ``variation`` (named presets and scanner sites), ``lesions`` (damage and lesions), ``scanners`` (MRI and PET images), ``labels``
 (CRS-R), ``subject`` (one subject), ``writer`` (files), ``workers`` (running
-subjects), ``cohort`` (the dataset).
+subjects), ``cohort`` (the dataset); ``truth`` reads a written patient's truth masks
+back for scoring.
 """
 
 from anomaly.simulate.cohort import simulate_cohort
