@@ -114,7 +114,7 @@ def _add_fit_normative(sub, common) -> None:
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--method", choices=("hybrid", "ae", "zscore", "auto"), default="hybrid",
                    help="hybrid (default: per-voxel mean of the autoencoder's and the voxelwise model's z "
-                        "maps), ae (denoising autoencoder), zscore (voxelwise z-score model) or auto (fit "
+                        "maps; the PET from the peak-searched voxelwise model alone), ae (denoising autoencoder), zscore (voxelwise z-score model) or auto (fit "
                         "the hybrid model; switch to ae or zscore only if it beats hybrid in every held-out "
                         "control of the self-check: injected regional hypometabolism and lesions)")
     p.add_argument("--modalities", nargs="+", metavar="M",

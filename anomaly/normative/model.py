@@ -12,7 +12,8 @@ Methods share one API and one calibration:
     deviation from the age- and sex-adjusted control mean.
 ``hybrid`` (default)
     Both: a model with a network also calibrates the images on every control, and the
-    hybrid z map is the per-voxel mean of the two (:mod:`anomaly.normative.hybrid`).
+    hybrid z map is the per-voxel mean of the two, except for a peak-searched PET,
+    taken from the voxelwise model alone (:mod:`anomaly.normative.hybrid`).
 ``auto``
     The hybrid model, switching to ae or zscore only where that method beats hybrid in
     every held-out control of the self-check (:mod:`anomaly.normative.selfcheck`:
