@@ -137,6 +137,7 @@ def detection_summary(bids: Path, scores: Path) -> dict:
 
     truth = bids / "derivatives" / "simulation"
     values, labels = [], []
+    template_mask = None  # for cohorts written before the patients' brain masks; one grid per scores folder
     for anomaly_path in sorted(scores.glob("sub-*/sub-*_stat-anomaly_statmap.nii.gz")):
         label = anomaly_path.parent.name
         prefix = truth / label / f"{label}_desc-"
@@ -145,7 +146,9 @@ def detection_summary(bids: Path, scores: Path) -> dict:
         img = read_map(anomaly_path, str(anomaly_path))
         grid = Grid(shape=img.shape, affine=img.affine, resolution=float(abs(img.affine[0, 0])))
         anomaly = np.asarray(img.dataobj, np.float32)
-        truth_masks = read_truth(truth, label.removeprefix("sub-"), grid, template_images(grid)["mask"] > 0.5)
+        if template_mask is None:
+            template_mask = template_images(grid)["mask"] > 0.5
+        truth_masks = read_truth(truth, label.removeprefix("sub-"), grid, template_mask)
         evaluated = truth_masks.focal_evaluated
         values.append(np.nan_to_num(anomaly[evaluated]))
         labels.append(truth_masks.focal[evaluated])
