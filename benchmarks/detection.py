@@ -37,6 +37,7 @@ Usage::
     python -m benchmarks.detection --quick                       # 4 mm, small cohorts
     python -m benchmarks.detection --resolution 3 --json det.json  # the README table
     python -m benchmarks.detection --quick --params '{"channels": [32, 64, 128, 256]}'  # wider network
+    python -m benchmarks.detection --quick --modalities T1w pet   # the independent cohort's modalities
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from anomaly.simulate import ALL_MODALITIES
 from anomaly.simulate.truth import read_truth
 from benchmarks._common import (
     fit_in_child,
@@ -140,14 +142,21 @@ def cohort_specs(seed: int, healthy: int, patients: int, test_controls: int) -> 
     }
 
 
-def _simulate(work: Path, key: str, spec: tuple, resolution: float) -> Path:
-    from anomaly.simulate import simulate_cohort, simulation_config
+def cohort_folder(work: Path, key: str, modalities: tuple[str, ...] | None) -> Path:
+    """Folder of a cohort; a modality subset gets its own (``train+T1w+pet``), so that a
+    reused ``--out-dir`` never mixes cohorts of different modalities."""
+    return work / (key if modalities is None else "+".join((key, *modalities)))
+
+
+def _simulate(work: Path, key: str, spec: tuple, resolution: float,
+              modalities: tuple[str, ...] | None = None) -> Path:
+    from anomaly.simulate import MODALITIES, simulate_cohort, simulation_config
 
     variation, site, seed, n_controls, n_patients = spec
-    out = work / key
+    out = cohort_folder(work, key, modalities)
     if not out.exists():
         simulate_cohort(out, n_healthy=n_controls, n_patients=n_patients, seed=seed, resolution=resolution,
-                        missing_fraction=0.0, n_jobs=2, progress=False,
+                        missing_fraction=0.0, n_jobs=2, progress=False, modalities=modalities or MODALITIES,
                         config=simulation_config(variation, site=site))
     return out
 
@@ -220,13 +229,17 @@ def evaluate(model, classical, patients, truth_dir: Path, default: str) -> dict:
 def run(*, healthy: int = 60, patients: int = 20, test_controls: int = 8, resolution: float = 3.0,
         epochs: int = 20, seed: int = 0, settings: tuple[str, ...] = tuple(SETTINGS),
         out_dir: Path | None = None, rule: str | None = None, cross_fit: int | None = None,
-        params: dict | None = None) -> dict:
+        params: dict | None = None, modalities: tuple[str, ...] | None = None) -> dict:
     """Simulate, fit, evaluate every setting; return the results as a dict.
 
     ``params``: extra ``NormativeModel`` keyword arguments of the fits (``--params``).
+    ``modalities``: the modalities the cohorts are simulated with (default: the
+    simulator's, T1w, FLAIR and PET; ``("T1w", "pet")`` is what the independent
+    evaluation cohort has).
     """
     args = {"healthy": healthy, "patients": patients, "test_controls": test_controls, "resolution": resolution,
             "epochs": epochs, "seed": seed, "settings": list(settings), "cross_fit": cross_fit,
+            "modalities": None if modalities is None else list(modalities),
             "params": dict(params or {}), "out_dir": None if out_dir is None else str(out_dir)}
     work = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="anomaly-detection-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -240,7 +253,7 @@ def run(*, healthy: int = 60, patients: int = 20, test_controls: int = 8, resolu
 def _fit(work: Path, key: str, bids: Path, args: dict) -> tuple:
     from anomaly.normative import NormativeModel
 
-    out = work / f"model-{key}"
+    out = work / f"model-{bids.name}"
     fit_s = peak = float("nan")
     if not (out / "metadata.json").exists():
         # Realistic healthy variation (PET 4-9 mm, bias, atrophy) trips the control QC's
@@ -263,7 +276,8 @@ def _run(work: Path, args: dict, rule: str | None) -> dict:
     rule = rule or inspect.signature(combine_anomaly).parameters["rule"].default
     specs = cohort_specs(args["seed"], args["healthy"], args["patients"], args["test_controls"])
     t0 = time.perf_counter()
-    bids = {k: _simulate(work, k, specs[k], args["resolution"])
+    modalities = tuple(args["modalities"]) if args.get("modalities") else None
+    bids = {k: _simulate(work, k, specs[k], args["resolution"], modalities)
             for name in args["settings"] for k in SETTINGS[name][:2]}
     sim_seconds = time.perf_counter() - t0
     models, fits, classical = {}, {}, {}
@@ -307,6 +321,7 @@ def markdown(result: dict) -> str:
               f"{st['patients']} patients and {st['test_controls']} local controls per setting, "
               f"{st['resolution']:g} mm, AE {st['epochs']} epochs, seed {st['seed']}, "
               f"modality rule {result.get('rule', 'mean')}"
+              + (f", modalities {' '.join(st['modalities'])}" if st.get("modalities") else "")
               + (f", model params {json.dumps(st['params'])}" if st.get("params") else ""))
     lines = [header, "",
              f"Machine: {result['machine']}; simulation {result['sim_seconds']:.0f} s", ""]
@@ -394,6 +409,9 @@ def main(argv=None) -> dict:
                              "changes the model's seed only, not the simulated cohorts)")
     parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS),
                         help="settings to run (default: all)")
+    parser.add_argument("--modalities", nargs="+", choices=ALL_MODALITIES, metavar="MOD",
+                        help="modalities of the simulated cohorts, e.g. T1w pet (what the independent "
+                             "evaluation cohort has; default: the simulator's T1w FLAIR pet)")
     parser.add_argument("--rule", choices=RULES, help="modality rule of the main table (default: the toolkit's)")
     parser.add_argument("--out-dir", type=Path, help="keep data and models here (default: temporary)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
@@ -410,7 +428,8 @@ def main(argv=None) -> dict:
         args.settings = ["in-domain", "site-shift", "site-shift-recal"]
     result = run(healthy=args.healthy, patients=args.patients, test_controls=args.test_controls,
                  resolution=args.resolution, epochs=args.epochs, seed=args.seed, settings=tuple(args.settings),
-                 out_dir=args.out_dir, rule=args.rule, cross_fit=args.cross_fit, params=params)
+                 out_dir=args.out_dir, rule=args.rule, cross_fit=args.cross_fit, params=params,
+                 modalities=None if args.modalities is None else tuple(args.modalities))
     result["args"] = {k: str(v) for k, v in vars(args).items()}
     print()
     print(markdown(result))

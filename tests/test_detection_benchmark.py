@@ -37,3 +37,25 @@ def test_command_line_refuses_bad_params_before_any_work(capsys):
         main(["--quick", "--params", '{"nope": 1}'])
     assert exit_info.value.code == 2
     assert "unknown NormativeModel keyword(s) nope" in capsys.readouterr().err
+
+
+def test_modality_subset_cohorts_hold_only_those_modalities(tmp_path):
+    # --modalities T1w pet simulates what the independent evaluation cohort has, in its
+    # own folder, so that a reused --out-dir never mixes modality sets.
+    from anomaly.io import find_subjects
+    from benchmarks.detection import _simulate, cohort_specs
+
+    spec = cohort_specs(seed=3, healthy=1, patients=1, test_controls=1)["test"]
+    bids = _simulate(tmp_path, "test", spec, resolution=8.0, modalities=("T1w", "pet"))
+    assert bids.name == "test+T1w+pet"
+    subjects = find_subjects(bids)
+    assert {s.group for s in subjects} == {"control", "patient"}
+    assert all(set(s.images) == {"T1w", "pet"} for s in subjects)
+    assert _simulate(tmp_path, "test", spec, resolution=8.0).name == "test"
+
+
+def test_command_line_refuses_an_unknown_modality(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--quick", "--modalities", "T1w", "CT"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'CT'" in capsys.readouterr().err
