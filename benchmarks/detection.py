@@ -88,7 +88,7 @@ SETTINGS = {
 #: Methods in the tables (``default``: fit-normative's default method; ``auto``: the
 #: method the model's self-check picked).
 METHODS = ("classical", "zscore", "ae", "hybrid", "hybrid-max", "auto", "default")
-RULES = ("mean", "stouffer", "max")
+RULES = ("pet-led", "max", "stouffer", "mean")
 #: Post-processing variants of the anomaly map (:func:`anomaly.normative.maps.postprocess_anomaly`),
 #: applied to the combined map before the model's own post-processing ("raw": none) and
 #: measured on these methods; a variant's metrics are under ``"<method>+<variant>"``. The

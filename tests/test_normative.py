@@ -75,9 +75,11 @@ def test_combine_anomaly_uses_lesion_direction():
     # A missing modality is left out of the mean rather than counted as normal.
     a2 = combine_anomaly(z, np.array([True, True, False]), ["T1w", "FLAIR", "pet"], mask, rule="mean")
     assert a2[0, 0, 0] == pytest.approx(3.0)
-    # The default rule is the maximum over modalities.
+    # The maximum over modalities; the default rule is led by PET (T1w 4 = PET 3 + 1 < margin 2).
+    largest = combine_anomaly(z, np.array([True, True, True]), ["T1w", "FLAIR", "pet"], mask, rule="max")
+    assert largest[0, 0, 0] == pytest.approx(4.0) and largest[1, 1, 1] == 0.0
     default = combine_anomaly(z, np.array([True, True, True]), ["T1w", "FLAIR", "pet"], mask)
-    assert default[0, 0, 0] == pytest.approx(4.0) and default[1, 1, 1] == 0.0
+    assert default[0, 0, 0] == pytest.approx(3.0) and default[1, 1, 1] == 0.0
     assert (a >= 0).all()  # deliberate: non-negative anomaly maps are a DESIGN.md contract
 
 
@@ -360,13 +362,23 @@ def test_settings_a_folder_does_not_record_load_as_it_was_fitted(zscore_model_di
     network and a raw anomaly map, not today's defaults."""
     folder = _copy_model(zscore_model_dir, tmp_path / "m")
     meta = json.loads((folder / "metadata.json").read_text())
-    for key in ("cross_fit", "median_filter", "erode_mask"):
+    for key in ("cross_fit", "median_filter", "erode_mask", "modality_rule"):
         meta["training"].pop(key)
     (folder / "metadata.json").write_text(json.dumps(meta))
     old = NormativeModel.load(folder)
     assert (old.cross_fit, old.median_filter, old.median_size(), old.erode_mask) == (1, 0, 0, 0)
+    assert old.modality_rule == "max"
     new = NormativeModel.load(zscore_model_dir)
-    assert (new.cross_fit, new.median_filter, new.median_size()) == (2, None, 3)
+    assert (new.cross_fit, new.median_filter, new.median_size(), new.modality_rule) == (2, None, 3, "pet-led")
+
+
+def test_a_folder_with_an_unknown_modality_rule_is_refused(zscore_model_dir, tmp_path):
+    folder = _copy_model(zscore_model_dir, tmp_path / "m")
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta["training"]["modality_rule"] = "median"
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(AnomalyModelError, match="inconsistent model settings.*modality_rule"):
+        NormativeModel.load(folder)
 
 
 def test_a_crs_model_folder_is_not_a_normative_model(zscore_model_dir, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from anomaly import __version__
 from anomaly.cli.status import EXIT_BAD_INPUT
+from anomaly.constants import COMBINE_RULES, DEFAULT_COMBINE_RULE, MRI_MARGIN_Z
 
 #: ``--registration`` choices (anomaly.registration.MODES; spelled here to keep --help instant).
 REGISTRATION_MODES = ("fast", "accurate")
@@ -144,6 +145,12 @@ def _add_fit_normative(sub, common) -> None:
                         "that a few mm of misregistration of the cortex do not inflate the controls' SD; "
                         "with it, the hybrid takes its PET z from the voxelwise model alone; 0 = off; "
                         "default: about 12 mm (7 voxels at 2 mm, 5 at 3 mm, 3 at 4 mm) (README)")
+    p.add_argument("--modality-rule", choices=COMBINE_RULES, default=DEFAULT_COMBINE_RULE,
+                   help="how the modalities' z maps combine into the anomaly map: pet-led (default: where "
+                        "PET is present its deviation, unless an MRI deviation exceeds it by more than "
+                        f"{MRI_MARGIN_Z:g} z; elsewhere the largest MRI deviation), max (the largest "
+                        "deviation of any modality: choose it when lesions may show in MRI alone), "
+                        "stouffer or mean (README)")
     p.add_argument("--erode-mask", type=_non_negative_int, default=0, metavar="N",
                    help="at scoring, set the combined anomaly map to 0 within N voxels of the brain mask's "
                         "edge (misregistered outlines); 0 = off (default)")

@@ -3,9 +3,11 @@
 Combined anomaly map: each modality contributes its z in the direction a lesion pushes
 it (:data:`anomaly.constants.LESION_SIGN`: lower T1w signal and lower FDG uptake,
 higher FLAIR/T2w signal; both ways, ``|z|``, for a two-sided modality such as ADC or
-one the toolkit does not know), clipped at zero; the map is the maximum of these over the
-modalities present (or their mean or Stouffer sum, see :func:`combine_anomaly`), so it
-is >= 0, in z units, and comparable between subjects missing different modalities.
+one the toolkit does not know), clipped at zero. By default the map is led by FDG PET:
+where PET is present it is the PET deviation, unless an MRI deviation exceeds it by more
+than :data:`MRI_MARGIN_Z`; where PET is absent it is the largest MRI deviation (the
+maximum, mean or Stouffer sum over every modality are the other rules, see
+:func:`combine_anomaly`). The map is >= 0 and in z units.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from anomaly.constants import lesion_sign
+from anomaly.constants import (
+    COMBINE_RULES,
+    DEFAULT_COMBINE_RULE,
+    MRI_MARGIN_Z,
+    PET,
+    lesion_sign,
+)
 from anomaly.preprocess import Grid
 
 
@@ -53,28 +61,33 @@ class SubjectScore:
         return self.grid.to_image(np.asarray(array, np.float32))
 
 
-#: Rules that combine the modalities' lesion-direction z maps (see :func:`combine_anomaly`).
-COMBINE_RULES = ("mean", "stouffer", "max")
-
-
 def combine_anomaly(z: np.ndarray, present: np.ndarray, modalities: Sequence[str],
                     mask: np.ndarray, directions: dict[str, str] | None = None,
-                    rule: str = "max") -> np.ndarray:
+                    rule: str = DEFAULT_COMBINE_RULE) -> np.ndarray:
     """Combine the present modalities' lesion-direction z (clipped at zero) into one map.
 
     ``directions`` (modality -> "lower" | "higher" | "both") overrides the built-in
-    lesion directions (:func:`anomaly.constants.lesion_sign`). ``rule``: ``"max"`` (the
-    default: a lesion seen in one modality, such as PET-only hypometabolism, keeps its
-    full z), ``"stouffer"`` (sum / sqrt(n)) or ``"mean"`` (the rule before issue 12,
-    which divides a single-modality lesion by n; on the realistic detection benchmark
-    max gave the highest focal AUPRC, see README). NaN voxels of a modality
-    (outside its image's field of view) are left out at that voxel, so a partial scan
-    does not dilute or fake an anomaly.
+    lesion directions (:func:`anomaly.constants.lesion_sign`). ``rule``:
+
+    - ``"pet-led"`` (the default): where PET is present, ``max(PET, MRI - MRI_MARGIN_Z)``
+      with MRI the largest of the other modalities' deviations; where PET is absent (a
+      subject without PET, a voxel outside its field of view), the largest MRI deviation.
+      Without a PET channel it is ``"max"``.
+    - ``"max"``: the largest deviation over the modalities (a lesion seen in one modality
+      keeps its full z);
+    - ``"stouffer"``: their sum / sqrt(n);
+    - ``"mean"``: their mean (the rule before issue 12, which divides a single-modality
+      lesion by n).
+
+    NaN voxels of a modality (outside its image's field of view) are left out at that
+    voxel, so a partial scan does not dilute or fake an anomaly.
     """
     if rule not in COMBINE_RULES:
         raise ValueError(f"rule: expected one of {COMBINE_RULES}; got {rule!r}")
+    pet_led = rule == "pet-led" and PET in modalities and bool(present[list(modalities).index(PET)])
     total = np.zeros(mask.shape, np.float32)
     count = np.zeros(mask.shape, np.float32)
+    pet_part = pet_covered = None
     for c, m in enumerate(modalities):
         if not present[c]:
             continue
@@ -82,12 +95,18 @@ def combine_anomaly(z: np.ndarray, present: np.ndarray, modalities: Sequence[str
         part = np.abs(z[c]) if sign == 0 else np.clip(sign * z[c], 0, None)
         covered = np.isfinite(part)
         part = np.where(covered, part, 0.0)
-        if rule == "max":
+        if pet_led and m == PET:
+            pet_part, pet_covered = part, covered
+            continue
+        if rule in ("max", "pet-led"):
             np.maximum(total, part, out=total)
         else:
             total += part  # sums in place: no stacked copy of the maps
         count += covered
-    if rule == "max":
+    if pet_part is not None:
+        led = np.maximum(pet_part, total - MRI_MARGIN_Z)
+        anomaly = np.where(pet_covered, led, total)
+    elif rule in ("max", "pet-led"):
         anomaly = total
     else:
         norm = np.sqrt(count) if rule == "stouffer" else count

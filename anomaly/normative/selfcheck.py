@@ -345,7 +345,8 @@ def self_check(model: Any, held_out: Sequence[CachedSubject], mean: np.ndarray, 
                               sub.age, sub.sex, calibrations=loo)
         for method, zmap in z.items():
             anomaly = postprocess_anomaly(  # the map as `score` gives it, post-processing included
-                combine_anomaly(zmap, sub.present, model.modalities_, model.mask_, directions=directions),
+                combine_anomaly(zmap, sub.present, model.modalities_, model.mask_, directions=directions,
+                                rule=model.modality_rule),
                 model.mask_,
                 median_size=model.median_size(), erode_voxels=model.erode_mask)
             scores.setdefault(method, []).append(anomaly[model.mask_])
