@@ -28,7 +28,7 @@ DEFAULT_COMBINE_RULE = "pet-led"
 #: edges, bias and contrast changes. On every realistic detection cohort measured
 #: (README, Benchmarks) letting MRI in only beyond this margin gave the focal AUPRC of the
 #: PET z alone (within 0.006) while a strong MRI-only finding (z 6 over a normal PET) still
-#: shows (at 4); the maximum over modalities lost 0.01-0.19.
+#: shows (at 4); the maximum over modalities lost 0.005-0.18.
 MRI_MARGIN_Z = 2.0
 
 #: Direction in which a lesion pushes each modality, as the sign of the z score that

@@ -188,7 +188,7 @@ class NormativeModel(BaseEstimator):
         PET is present, its deviation, unless an MRI deviation exceeds it by more than
         :data:`~anomaly.normative.maps.MRI_MARGIN_Z`; elsewhere the largest MRI
         deviation. On every realistic detection cohort measured it raised the default's
-        focal AUPRC over "max" by 0.01-0.19 (README, Benchmarks); choose "max" when
+        focal AUPRC over "max" by 0.005-0.18 (README, Benchmarks); choose "max" when
         lesions may show in MRI alone. Only the combined anomaly map changes, not the
         z maps. Model folders written before it existed keep "max".
 
