@@ -75,7 +75,7 @@ def test_combine_anomaly_uses_lesion_direction():
     # A missing modality is left out of the mean rather than counted as normal.
     a2 = combine_anomaly(z, np.array([True, True, False]), ["T1w", "FLAIR", "pet"], mask, rule="mean")
     assert a2[0, 0, 0] == pytest.approx(3.0)
-    # The maximum over modalities; the default rule is led by PET (T1w 4 = PET 3 + 1 < margin 2).
+    # The maximum over modalities; the default rule is led by PET (T1w 4 exceeds PET 3 by 1 < 2 z).
     largest = combine_anomaly(z, np.array([True, True, True]), ["T1w", "FLAIR", "pet"], mask, rule="max")
     assert largest[0, 0, 0] == pytest.approx(4.0) and largest[1, 1, 1] == 0.0
     default = combine_anomaly(z, np.array([True, True, True]), ["T1w", "FLAIR", "pet"], mask)
