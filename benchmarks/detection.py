@@ -43,7 +43,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import shutil
 import tempfile
@@ -57,6 +56,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from anomaly.constants import COMBINE_RULES, DEFAULT_COMBINE_RULE
 from anomaly.simulate import ALL_MODALITIES
 from anomaly.simulate.truth import read_truth
 from benchmarks._common import (
@@ -88,7 +88,8 @@ SETTINGS = {
 #: Methods in the tables (``default``: fit-normative's default method; ``auto``: the
 #: method the model's self-check picked).
 METHODS = ("classical", "zscore", "ae", "hybrid", "hybrid-max", "auto", "default")
-RULES = ("pet-led", "max", "stouffer", "mean")
+#: Modality-combination rules of the ablation table (the toolkit's, in its order).
+RULES = COMBINE_RULES
 #: Post-processing variants of the anomaly map (:func:`anomaly.normative.maps.postprocess_anomaly`),
 #: applied to the combined map before the model's own post-processing ("raw": none) and
 #: measured on these methods; a variant's metrics are under ``"<method>+<variant>"``. The
@@ -269,11 +270,10 @@ def _fit(work: Path, key: str, bids: Path, args: dict) -> tuple:
 
 def _run(work: Path, args: dict, rule: str | None) -> dict:
     from anomaly.io import find_subjects
-    from anomaly.normative.maps import combine_anomaly
     from anomaly.normative.recalibrate import recalibrate
     from benchmarks._classical import ClassicalReference
 
-    rule = rule or inspect.signature(combine_anomaly).parameters["rule"].default
+    rule = rule or DEFAULT_COMBINE_RULE
     specs = cohort_specs(args["seed"], args["healthy"], args["patients"], args["test_controls"])
     t0 = time.perf_counter()
     modalities = tuple(args["modalities"]) if args.get("modalities") else None

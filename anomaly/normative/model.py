@@ -43,7 +43,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from anomaly.constants import LESION_DIRECTIONS, LESION_SIGN, PET, SPACE_LABEL
+from anomaly.constants import (
+    COMBINE_RULES,
+    DEFAULT_COMBINE_RULE,
+    LESION_DIRECTIONS,
+    LESION_SIGN,
+    PET,
+    SPACE_LABEL,
+)
 from anomaly.io import AnomalyInputError, AnomalyModelError, Subject
 from anomaly.normative.calibration import (
     COVARIATE_MIN_SUBJECTS,
@@ -63,8 +70,6 @@ from anomaly.normative.controls import (
 )
 from anomaly.normative.hybrid import NETWORK_METHODS, hybrid_z
 from anomaly.normative.maps import (
-    COMBINE_RULES,
-    DEFAULT_COMBINE_RULE,
     MEDIAN_FILTER_MM,
     SubjectScore,
     combine_anomaly,
