@@ -38,6 +38,7 @@ Usage::
     python -m benchmarks.detection --resolution 3 --json det.json  # the README table
     python -m benchmarks.detection --quick --params '{"channels": [32, 64, 128, 256]}'  # wider network
     python -m benchmarks.detection --quick --modalities T1w pet   # the independent cohort's modalities
+    python -m benchmarks.detection --quick --modalities T1w pet --missing-pet 0.15  # ... and its missing PET
 """
 
 from __future__ import annotations
@@ -143,21 +144,27 @@ def cohort_specs(seed: int, healthy: int, patients: int, test_controls: int) -> 
     }
 
 
-def cohort_folder(work: Path, key: str, modalities: tuple[str, ...] | None) -> Path:
-    """Folder of a cohort; a modality subset gets its own (``train+T1w+pet``), so that a
-    reused ``--out-dir`` never mixes cohorts of different modalities."""
-    return work / (key if modalities is None else "+".join((key, *modalities)))
+def cohort_folder(work: Path, key: str, modalities: tuple[str, ...] | None, missing_pet: float = 0.0) -> Path:
+    """Folder of a cohort; a modality subset gets its own (``train+T1w+pet``), and so does a
+    patient cohort with patients missing PET (``test+T1w+pet+nopet15``), so that a reused
+    ``--out-dir`` never mixes cohorts (training cohorts, which have no patient, are shared)."""
+    parts = [key, *(modalities or ())]
+    if missing_pet > 0:
+        parts.append(f"nopet{round(100 * missing_pet)}")
+    return work / "+".join(parts)
 
 
 def _simulate(work: Path, key: str, spec: tuple, resolution: float,
-              modalities: tuple[str, ...] | None = None) -> Path:
+              modalities: tuple[str, ...] | None = None, missing_pet: float = 0.0) -> Path:
     from anomaly.simulate import MODALITIES, simulate_cohort, simulation_config
 
     variation, site, seed, n_controls, n_patients = spec
-    out = cohort_folder(work, key, modalities)
+    missing_pet = missing_pet if n_patients else 0.0
+    out = cohort_folder(work, key, modalities, missing_pet)
     if not out.exists():
         simulate_cohort(out, n_healthy=n_controls, n_patients=n_patients, seed=seed, resolution=resolution,
-                        missing_fraction=0.0, n_jobs=2, progress=False, modalities=modalities or MODALITIES,
+                        missing_fraction=missing_pet, missing_modalities=("pet",) if missing_pet else None,
+                        n_jobs=2, progress=False, modalities=modalities or MODALITIES,
                         config=simulation_config(variation, site=site))
     return out
 
@@ -230,17 +237,19 @@ def evaluate(model, classical, patients, truth_dir: Path, default: str) -> dict:
 def run(*, healthy: int = 60, patients: int = 20, test_controls: int = 8, resolution: float = 3.0,
         epochs: int = 20, seed: int = 0, settings: tuple[str, ...] = tuple(SETTINGS),
         out_dir: Path | None = None, rule: str | None = None, cross_fit: int | None = None,
-        params: dict | None = None, modalities: tuple[str, ...] | None = None) -> dict:
+        params: dict | None = None, modalities: tuple[str, ...] | None = None,
+        missing_pet: float = 0.0) -> dict:
     """Simulate, fit, evaluate every setting; return the results as a dict.
 
     ``params``: extra ``NormativeModel`` keyword arguments of the fits (``--params``).
     ``modalities``: the modalities the cohorts are simulated with (default: the
     simulator's, T1w, FLAIR and PET; ``("T1w", "pet")`` is what the independent
-    evaluation cohort has).
+    evaluation cohort has). ``missing_pet``: the fraction of each test cohort's patients
+    simulated without PET (EVALUATION.md: about 15 %; default 0); controls keep theirs.
     """
     args = {"healthy": healthy, "patients": patients, "test_controls": test_controls, "resolution": resolution,
             "epochs": epochs, "seed": seed, "settings": list(settings), "cross_fit": cross_fit,
-            "modalities": None if modalities is None else list(modalities),
+            "modalities": None if modalities is None else list(modalities), "missing_pet": missing_pet,
             "params": dict(params or {}), "out_dir": None if out_dir is None else str(out_dir)}
     work = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="anomaly-detection-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -277,7 +286,7 @@ def _run(work: Path, args: dict, rule: str | None) -> dict:
     specs = cohort_specs(args["seed"], args["healthy"], args["patients"], args["test_controls"])
     t0 = time.perf_counter()
     modalities = tuple(args["modalities"]) if args.get("modalities") else None
-    bids = {k: _simulate(work, k, specs[k], args["resolution"], modalities)
+    bids = {k: _simulate(work, k, specs[k], args["resolution"], modalities, args.get("missing_pet", 0.0))
             for name in args["settings"] for k in SETTINGS[name][:2]}
     sim_seconds = time.perf_counter() - t0
     models, fits, classical = {}, {}, {}
@@ -322,6 +331,7 @@ def markdown(result: dict) -> str:
               f"{st['resolution']:g} mm, AE {st['epochs']} epochs, seed {st['seed']}, "
               f"modality rule {result.get('rule', 'mean')}"
               + (f", modalities {' '.join(st['modalities'])}" if st.get("modalities") else "")
+              + (f", {100 * st['missing_pet']:g}% of patients without PET" if st.get("missing_pet") else "")
               + (f", model params {json.dumps(st['params'])}" if st.get("params") else ""))
     lines = [header, "",
              f"Machine: {result['machine']}; simulation {result['sim_seconds']:.0f} s", ""]
@@ -412,6 +422,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--modalities", nargs="+", choices=ALL_MODALITIES, metavar="MOD",
                         help="modalities of the simulated cohorts, e.g. T1w pet (what the independent "
                              "evaluation cohort has; default: the simulator's T1w FLAIR pet)")
+    parser.add_argument("--missing-pet", type=float, default=0.0, metavar="FRACTION",
+                        help="fraction of each test cohort's patients simulated without PET, e.g. 0.15 "
+                             "as in the independent evaluation (default 0)")
     parser.add_argument("--rule", choices=RULES, help="modality rule of the main table (default: the toolkit's)")
     parser.add_argument("--out-dir", type=Path, help="keep data and models here (default: temporary)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
@@ -419,6 +432,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true",
                         help="4 mm, 16 controls, 6 patients, 8 epochs, in-domain and site shift only")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.missing_pet < 1.0:
+        parser.error(f"--missing-pet: expected a fraction in [0, 1), got {args.missing_pet}")
+    if args.missing_pet and args.modalities is not None and "pet" not in args.modalities:
+        parser.error("--missing-pet needs pet among --modalities")
     try:
         params = parse_model_params(args.params, RESERVED_PARAMS)
     except (ValueError, TypeError) as exc:
@@ -429,7 +446,8 @@ def main(argv=None) -> dict:
     result = run(healthy=args.healthy, patients=args.patients, test_controls=args.test_controls,
                  resolution=args.resolution, epochs=args.epochs, seed=args.seed, settings=tuple(args.settings),
                  out_dir=args.out_dir, rule=args.rule, cross_fit=args.cross_fit, params=params,
-                 modalities=None if args.modalities is None else tuple(args.modalities))
+                 modalities=None if args.modalities is None else tuple(args.modalities),
+                 missing_pet=args.missing_pet)
     result["args"] = {k: str(v) for k, v in vars(args).items()}
     print()
     print(markdown(result))

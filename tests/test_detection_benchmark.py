@@ -59,3 +59,30 @@ def test_command_line_refuses_an_unknown_modality(capsys):
         main(["--quick", "--modalities", "T1w", "CT"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'CT'" in capsys.readouterr().err
+
+
+def test_missing_pet_cohorts_drop_pet_of_some_patients_only(tmp_path):
+    # --missing-pet 0.5: half the test patients have no PET, as ~15 % in the independent
+    # cohort; the controls keep theirs, and the training cohorts (no patient) are shared.
+    from anomaly.io import find_subjects
+    from benchmarks.detection import _simulate, cohort_specs
+
+    specs = cohort_specs(seed=3, healthy=1, patients=2, test_controls=1)
+    bids = _simulate(tmp_path, "test", specs["test"], resolution=8.0, modalities=("T1w", "pet"), missing_pet=0.5)
+    assert bids.name == "test+T1w+pet+nopet50"
+    images = {s.label: set(s.images) for s in find_subjects(bids)}
+    assert sorted(len(images[p]) for p in ("pt001", "pt002")) == [1, 2]
+    assert images["pt001"] | images["pt002"] == {"T1w", "pet"} and images["hc001"] == {"T1w", "pet"}
+    train = _simulate(tmp_path, "train", specs["train"], resolution=8.0, modalities=("T1w", "pet"), missing_pet=0.5)
+    assert train.name == "train+T1w+pet"
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--missing-pet", "1.5"], "expected a fraction"),
+    (["--missing-pet", "0.2", "--modalities", "T1w", "FLAIR"], "needs pet among --modalities"),
+])
+def test_command_line_refuses_a_bad_missing_pet(capsys, argv, match):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--quick", *argv])
+    assert exit_info.value.code == 2
+    assert match in capsys.readouterr().err

@@ -170,6 +170,7 @@ def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
         ({"n_healthy": 0, "n_patients": 0}, "at least one"),
         ({"n_jobs": 0}, "n_jobs"),
         ({"missing_fraction": 1.5}, "missing_fraction"),
+        ({"modalities": ("T1w", "pet"), "missing_modalities": ("FLAIR",)}, "missing_modalities"),
         ({"seed": -1}, "seed"),
     ],
 )
@@ -392,3 +393,30 @@ def test_simulate_command_takes_variation_site_and_modalities(tmp_path):
     assert (config["variation"], config["site"], config["pet_fwhm_range"]) == ("realistic", "b", [6.5, 9.0])
     assert sorted(p.name for p in (out / "sub-hc001" / "anat").iterdir()) == [
         "sub-hc001_ADC.nii.gz", "sub-hc001_T1w.nii.gz"]
+
+
+def test_missing_modalities_choose_what_is_missing_not_who():
+    from anomaly.simulate.cohort import _plan
+
+    mods = ("T1w", "FLAIR", "pet")
+    default = _plan(0, 40, 5, mods, 0.15, False)
+    assert default == _plan(0, 40, 5, mods, 0.15, False, mods)  # the default is "any written one"
+    pet_only = _plan(0, 40, 5, mods, 0.15, False, ("pet",))
+    assert [t.label for t in pet_only if t.missing] == [t.label for t in default if t.missing]
+    assert sum(bool(t.missing) for t in pet_only) == 6
+    assert {t.missing for t in pet_only if t.missing} == {("pet",)}
+    assert len({t.missing for t in default if t.missing}) > 1  # the default draws among all three
+
+
+def test_simulate_command_writes_patients_without_pet(tmp_path):
+    from anomaly.cli import main
+
+    out = tmp_path / "bids"
+    argv = ["simulate", str(out), "--healthy", "1", "--patients", "2", "--resolution", "6", "--quiet",
+            "--modalities", "T1w", "pet", "--missing-modalities", "pet", "--missing-fraction", "0.5"]
+    assert main(argv) == 0
+    record = json.loads((out / "derivatives" / "simulation" / "simulation.json").read_text())
+    assert record["missing_modalities"] == ["pet"]
+    has_pet = [(out / f"sub-{s}" / "pet").is_dir() for s in ("pt001", "pt002", "hc001")]
+    assert sorted(has_pet[:2]) == [False, True] and has_pet[2]
+    assert all((out / f"sub-{s}" / "anat" / f"sub-{s}_T1w.nii.gz").is_file() for s in ("pt001", "pt002"))

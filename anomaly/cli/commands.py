@@ -24,7 +24,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         config = replace(config, space=args.space)
     out = simulate_cohort(args.out_dir, n_healthy=args.healthy, n_patients=args.patients, seed=args.seed,
                           resolution=args.resolution, label_noise_sd=args.label_noise,
-                          missing_fraction=args.missing_fraction, n_jobs=args.jobs,
+                          missing_fraction=args.missing_fraction, missing_modalities=args.missing_modalities,
+                          n_jobs=args.jobs,
                           progress=not args.quiet, config=config,
                           modalities=args.modalities or MODALITIES)
     print(f"simulated {args.healthy} controls and {args.patients} patients in {out}")

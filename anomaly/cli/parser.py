@@ -92,6 +92,10 @@ def _add_simulate(sub, common) -> None:
     p.add_argument("--label-noise", type=float, default=1.5, help="SD of CRS-R label noise (default 1.5)")
     p.add_argument("--missing-fraction", type=float, default=0.1,
                    help="fraction of patients missing one modality (default 0.1)")
+    p.add_argument("--missing-modalities", nargs="+", metavar="M",
+                   help="the modalities a patient may miss (default: any written one); e.g. "
+                        "'--missing-modalities pet --missing-fraction 0.15' for a cohort where 15%% of "
+                        "the patients had no PET")
     p.add_argument("--jobs", type=_positive_int, default=1, help="worker processes (default 1)")
     p.add_argument("--variation", choices=("default", "realistic"), default="default",
                    help="healthy variation: default (smooth 2 mm warps) or realistic (3-8 mm multi-scale "

@@ -52,7 +52,7 @@ def simulate_cohort(
     resolution: float = 2.0, label_noise_sd: float = 1.5, missing_fraction: float = 0.1,
     modalities: Sequence[str] = MODALITIES, n_jobs: int = 1, progress: bool = True,
     write_crs_sd: bool = False, missing_in_controls: bool = False,
-    config: SimulationConfig | None = None,
+    missing_modalities: Sequence[str] | None = None, config: SimulationConfig | None = None,
 ) -> Path:
     """Write a simulated BIDS cohort of controls and coma patients with ground truth.
 
@@ -82,6 +82,11 @@ def simulate_cohort(
         Add a ``crs_sd`` column (= ``label_noise_sd``) to ``participants.tsv``.
     missing_in_controls : bool, default=False
         Let controls miss modalities too, with the same fraction.
+    missing_modalities : sequence of str, optional
+        The modalities a subject may miss (one of them, drawn per subject); default: any
+        of ``modalities``. ``("pet",)`` mimics a clinical cohort where some patients had
+        no PET (EVALUATION.md: about 15 %). The same seed keeps the same subjects and the
+        same subjects missing something, whatever this list.
     config : SimulationConfig, optional
         Model parameters; defaults to ``SimulationConfig()``.
 
@@ -104,9 +109,10 @@ def simulate_cohort(
     settings = _check_settings(seed, resolution, label_noise_sd, missing_fraction, modalities,
                                config)
     settings["write_crs_sd"] = write_crs_sd
+    settings["missing_modalities"] = _check_missing(missing_modalities, settings["modalities"])
     out = _check_out_dir(out_dir)
     tasks = _plan(n_healthy, n_patients, seed, settings["modalities"], settings["missing_fraction"],
-                  missing_in_controls)
+                  missing_in_controls, settings["missing_modalities"])
     return _write_dataset(out, tasks, n_workers(n_jobs, len(tasks)), progress, settings)
 
 
@@ -142,7 +148,7 @@ def _check_cohort(n_healthy: int, n_patients: int, seed: int) -> tuple[int, int,
 
 def _check_settings(seed: int, resolution: float, label_noise_sd: float, missing_fraction: float,
                     modalities: Sequence[str], config: SimulationConfig | None) -> dict[str, Any]:
-    """Checked keyword arguments of :func:`anomaly.simulate.writer.write_tables` (but one)."""
+    """Checked keyword arguments of :func:`anomaly.simulate.writer.write_tables` (but two)."""
     return {  # checked in the order of the signature
         "seed": seed,
         "resolution": check_resolution(resolution),
@@ -151,6 +157,17 @@ def _check_settings(seed: int, resolution: float, label_noise_sd: float, missing
         "modalities": check_modalities(modalities),
         "config": _check_config(config),
     }
+
+
+def _check_missing(missing: Sequence[str] | None, modalities: tuple[str, ...]) -> tuple[str, ...]:
+    """The modalities a subject may miss: distinct, among the written ones (default: all)."""
+    if missing is None:
+        return modalities
+    chosen = check_modalities(missing)
+    extra = [m for m in chosen if m not in modalities]
+    if extra:
+        raise AnomalyInputError(f"missing_modalities: {extra} not among the written modalities {list(modalities)}")
+    return chosen
 
 
 def _check_config(config: SimulationConfig | None) -> SimulationConfig:
@@ -170,8 +187,10 @@ def _check_out_dir(out_dir: str | os.PathLike) -> Path:
 
 
 def _plan(n_healthy: int, n_patients: int, seed: int, modalities: tuple[str, ...],
-          missing_fraction: float, missing_in_controls: bool) -> list[Task]:
+          missing_fraction: float, missing_in_controls: bool,
+          missing_modalities: tuple[str, ...] | None = None) -> list[Task]:
     """Subject labels and missing modalities (a cohort-level draw)."""
+    choices = missing_modalities or modalities
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(MISSING_STREAM,)))
     tasks: list[Task] = []
     for group, n in (("patient", n_patients), ("control", n_healthy)):
@@ -183,7 +202,7 @@ def _plan(n_healthy: int, n_patients: int, seed: int, modalities: tuple[str, ...
         if len(modalities) > 1 and (group == "patient" or missing_in_controls):
             n_missing = int(math.floor(missing_fraction * n + 0.5))  # half up, not to even
             for i in order[:n_missing]:
-                missing[int(i)] = (modalities[which[i]],)
+                missing[int(i)] = (choices[which[i] % len(choices)],)
         tasks += [
             Task(group, i, f"{_LABEL_PREFIX[group]}{i + 1:0{width}d}", missing.get(i, ()))
             for i in range(n)
