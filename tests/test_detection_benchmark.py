@@ -1,4 +1,4 @@
-"""The detection and training benchmarks' --params option (benchmarks/detection.py)."""
+"""The detection and training benchmarks' options (benchmarks/detection.py, benchmarks/training.py)."""
 
 import pytest
 
@@ -86,3 +86,17 @@ def test_command_line_refuses_a_bad_missing_pet(capsys, argv, match):
         main(["--quick", *argv])
     assert exit_info.value.code == 2
     assert match in capsys.readouterr().err
+
+
+def test_training_benchmark_takes_the_toolkit_default_length():
+    import argparse
+
+    from benchmarks.training import epochs_option, main as training_main
+
+    assert epochs_option("default") is None and epochs_option("3") == 3
+    for bad in ("0", "two"):
+        with pytest.raises((ValueError, argparse.ArgumentTypeError)):
+            epochs_option(bad)
+    with pytest.raises(SystemExit) as exit_info:
+        training_main(["--epochs", "0"])
+    assert exit_info.value.code == 2

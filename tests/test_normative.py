@@ -304,6 +304,21 @@ def test_save_load_round_trip_gives_identical_scores(sim_cohort, tmp_path):
     assert {"torch_version", "monai_version", "python_version"} <= set(meta["created"])
 
 
+def test_default_training_length_is_capped_in_steps_on_large_cohorts():
+    # 20 epochs, but at most 400 optimisation steps per network: the fit time stops growing
+    # with the cohort (100 controls, two networks of 50 in batches of 2: 16 epochs).
+    from anomaly.normative.model import DEFAULT_EPOCHS, DEFAULT_MAX_STEPS
+
+    model = NormativeModel()
+    assert model.epochs is None and (DEFAULT_EPOCHS, DEFAULT_MAX_STEPS) == (20, 400)
+    assert [model.training_epochs(n) for n in (8, 30, 40, 41, 50, 200, 2000)] == [20, 20, 20, 19, 16, 4, 1]
+    assert model.training_epochs(50, world_size=2) == 20  # 25 controls per process
+    assert NormativeModel(batch_size=4).training_epochs(50) == 20
+    assert NormativeModel(epochs=30).training_epochs(2000) == 30  # an explicit length is kept
+    with pytest.raises(AnomalyInputError, match="epochs"):
+        NormativeModel(epochs=0)._check_params()
+
+
 def test_estimator_contract_clone_get_and_set_params(zscore_model_dir):
     """scikit-learn's contract: parameters only from __init__, clone gives an unfitted copy."""
     from sklearn.base import BaseEstimator, clone

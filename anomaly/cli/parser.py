@@ -125,7 +125,10 @@ def _add_fit_normative(sub, common) -> None:
     p.add_argument("--modalities", nargs="+", metavar="M",
                    help="BIDS suffixes to model (default: all that every control has)")
     p.add_argument("--resolution", type=_resolution, default=2.0, help="model grid voxel size in mm (default 2)")
-    p.add_argument("--epochs", type=_positive_int, default=20, help="training epochs (default 20)")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="training epochs of each network (default 20, fewer once a network trains on more "
+                        "than 40 controls, so that it takes at most 400 optimisation steps and the fit time "
+                        "stops growing with the cohort)")
     p.add_argument("--batch-size", type=_positive_int, default=2, help="subjects per batch (default 2)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     p.add_argument("--val-fraction", type=_fraction, default=0.2,
