@@ -76,8 +76,8 @@ def markdown(result: dict) -> str:
     header = (f"Normative fit ({st.get('method', 'ae')}), {st['resolution']:g} mm, 3 modalities, "
               f"epochs {st['epochs'] or 'default'}{params}; machine: {result['machine']}")
     lines = [header, "",
-             "| controls | simulate (s) | fit incl. preprocessing (s) | epochs per network | s/epoch (upper bound) "
-             "| peak RSS (MB) |",
+             ("| controls | simulate (s) | fit incl. preprocessing (s) | epochs per network | s/epoch (upper bound) "
+              "| peak RSS (MB) |"),
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['controls']} | {r['simulate_s']:.0f} | {r['fit_s']:.0f} | {r.get('epochs', st['epochs'])} "
               f"| {r['s_per_epoch']:.0f} | {r['peak_mb']:.0f} |" for r in result["rows"]]

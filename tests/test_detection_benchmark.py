@@ -91,7 +91,8 @@ def test_command_line_refuses_a_bad_missing_pet(capsys, argv, match):
 def test_training_benchmark_takes_the_toolkit_default_length():
     import argparse
 
-    from benchmarks.training import epochs_option, main as training_main
+    from benchmarks.training import epochs_option
+    from benchmarks.training import main as training_main
 
     assert epochs_option("default") is None and epochs_option("3") == 3
     for bad in ("0", "two"):
