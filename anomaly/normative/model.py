@@ -35,7 +35,6 @@ own modules; the steps of ``fit`` are the methods below it.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -203,7 +202,7 @@ class NormativeModel(BaseEstimator):
         How the modalities' z maps combine into the anomaly map at scoring
         (:func:`~anomaly.normative.maps.combine_anomaly`). "pet-led" (default): where
         PET is present, its deviation, unless an MRI deviation exceeds it by more than
-        :data:`~anomaly.normative.maps.MRI_MARGIN_Z`; elsewhere the largest MRI
+        :data:`~anomaly.constants.MRI_MARGIN_Z`; elsewhere the largest MRI
         deviation. On every realistic detection cohort measured it raised the default's
         focal AUPRC over "max" by 0.005-0.18 (README, Benchmarks); choose "max" when
         lesions may show in MRI alone. Only the combined anomaly map changes, not the
@@ -736,7 +735,10 @@ class NormativeModel(BaseEstimator):
         """
         if self.epochs is not None:
             return int(self.epochs)
-        steps = math.ceil(math.ceil(n_train / max(world_size, 1)) / self.batch_size)
+        # Imported here: the trainer imports torch, which a z-score model never needs.
+        from anomaly.normative.trainer import steps_per_epoch
+
+        steps = steps_per_epoch(n_train, self.batch_size, world_size)
         return max(1, min(DEFAULT_EPOCHS, DEFAULT_MAX_STEPS // max(steps, 1)))
 
     def pet_peak_size(self) -> int:

@@ -78,6 +78,12 @@ class TrainSettings:
     augment: float = 0.0
 
 
+def steps_per_epoch(n_train: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimisation steps of one epoch per process: the distributed sampler gives each of
+    ``world_size`` processes ``ceil(n_train / world_size)`` subjects, in batches."""
+    return math.ceil(math.ceil(n_train / max(world_size, 1)) / batch_size)
+
+
 def _batch_generator(seed: int, epoch: int, batch: int, rank: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + batch) * 101 + rank)
@@ -207,7 +213,7 @@ class _Run:
                                       weight_decay=settings.weight_decay)
         sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank,
                                      shuffle=True, seed=settings.seed, drop_last=False)
-        total_steps = settings.epochs * math.ceil(len(sampler) / settings.batch_size)
+        total_steps = settings.epochs * steps_per_epoch(len(train_set), settings.batch_size, ctx.world_size)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=settings.lr, total_steps=max(total_steps, 1), pct_start=0.1)
         return cls(network, model, optimizer, scheduler, sampler, mask_t, settings, checkpoint, ctx, label)

@@ -107,8 +107,8 @@ def truth_row(label: str, subject: SimulatedSubject, missing: Sequence[str],
 
 def write_tables(root: Path, rows: list[dict[str, Any]], order: Sequence[str], *, seed: int,
                  resolution: float, modalities: tuple[str, ...], label_noise_sd: float,
-                 missing_fraction: float, write_crs_sd: bool, config: SimulationConfig,
-                 missing_modalities: tuple[str, ...] | None = None) -> None:
+                 missing_fraction: float, missing_modalities: tuple[str, ...], write_crs_sd: bool,
+                 config: SimulationConfig) -> None:
     """participants.tsv, dataset descriptions and the ground-truth tables.
 
     ``rows`` are :func:`truth_row` results in any order; ``order`` lists the
@@ -149,7 +149,7 @@ def write_tables(root: Path, rows: list[dict[str, Any]], order: Sequence[str], *
             "modalities": list(modalities),
             "label_noise_sd": label_noise_sd,
             "missing_fraction": missing_fraction,
-            "missing_modalities": list(missing_modalities or modalities),
+            "missing_modalities": list(missing_modalities),
             "config": config.to_dict(),
         },
         deriv / "simulation.json",
