@@ -194,8 +194,7 @@ def subject_maps(model, classical, subject, default: str) -> dict[tuple[str, str
         zmap[~prep.present] = np.nan
         for rule in RULES:
             raw = combine_anomaly(zmap, prep.present, model.modalities_, model.mask_, rule=rule)
-            maps[(method, rule)] = postprocess_anomaly(raw, model.mask_, median_size=model.median_size(),
-                                                       erode_voxels=model.erode_mask)
+            maps[(method, rule)] = model.postprocess(raw)
             if method in POSTPROCESSED_METHODS:
                 for name, kwargs in POSTPROCESS.items():
                     maps[(f"{method}+{name}", rule)] = postprocess_anomaly(raw, model.mask_, **kwargs)

@@ -73,6 +73,14 @@ def test_postprocessing_removes_isolated_voxels_and_the_mask_edge():
     assert eroded[1, 6, 6] == 0 and eroded[3, 3, 3] == 9.0 and eroded[6, 6, 6] == 4.0
     np.testing.assert_array_equal(postprocess_anomaly(anomaly, mask), anomaly)
     assert not postprocess_anomaly(anomaly, mask, median_size=3, erode_voxels=1)[~mask].any()
+    # Smoothing keeps a lesion's peak where it was, lowers a lone voxel far more than the
+    # lesion, and lowers the mask's edge (zero outside the brain is smoothed in).
+    smooth = postprocess_anomaly(anomaly, mask, smooth_sigma=1.0)
+    assert smooth[5:9, 5:9, 5:9].max() == smooth.max() and not smooth[~mask].any()
+    assert smooth[6, 6, 6] > 0.6 * anomaly[6, 6, 6] and smooth[3, 3, 3] < 0.1 * anomaly[3, 3, 3]
+    np.testing.assert_allclose(smooth, ndimage.gaussian_filter(anomaly, 1.0) * mask, atol=1e-6)
+    uniform = postprocess_anomaly(mask.astype(np.float32), mask, smooth_sigma=1.0)
+    assert uniform[1, 6, 6] < 0.9 and uniform[6, 6, 6] > 0.99
 
 
 def test_separable_median_is_the_median_along_each_axis_in_turn(rng):
@@ -95,14 +103,18 @@ def test_model_post_processing_is_applied_at_scoring_and_saved(zscore_model_dir,
     from anomaly.normative import NormativeModel
 
     model = NormativeModel.load(zscore_model_dir)
-    # By default a median filter of about 10 mm: 3 voxels on this 4 mm grid; no erosion.
+    # By default a median filter of about 10 mm (3 voxels on this 4 mm grid), then a
+    # Gaussian of sigma 2 mm (0.5 voxel); no erosion.
     assert (model.median_filter, model.median_size(), model.erode_mask) == (None, 3, 0)
+    assert (model.map_smoothing, model.map_smoothing_sigma()) == (None, 0.5)
     patient = find_subjects(sim_cohort, group="patient")[0]
     prep = model.preprocess(patient.images)
     default = model.transform(prep, age=patient.age, sex=patient.sex)
-    model.set_params(median_filter=0)
+    model.set_params(median_filter=0, map_smoothing=0)
     plain = model.transform(prep, age=patient.age, sex=patient.sex)
-    np.testing.assert_array_equal(default.anomaly, postprocess_anomaly(plain.anomaly, model.mask_, median_size=3))
+    np.testing.assert_allclose(default.anomaly, postprocess_anomaly(plain.anomaly, model.mask_, median_size=3,
+                                                                    smooth_sigma=0.5), atol=1e-6)
+    assert not np.array_equal(default.anomaly, postprocess_anomaly(plain.anomaly, model.mask_, median_size=3))
     model.set_params(median_filter=3, erode_mask=1)
     post = model.transform(prep, age=patient.age, sex=patient.sex)
     np.testing.assert_array_equal(post.z, plain.z)  # only the combined map changes
@@ -113,7 +125,8 @@ def test_model_post_processing_is_applied_at_scoring_and_saved(zscore_model_dir,
     again = NormativeModel.load(tmp_path / "post")
     assert (again.median_filter, again.erode_mask) == (3, 1)
     np.testing.assert_array_equal(again.transform(prep, age=patient.age, sex=patient.sex).anomaly, post.anomaly)
-    for bad in ({"median_filter": -1}, {"erode_mask": 1.5}):
+    for bad in ({"median_filter": -1}, {"erode_mask": 1.5}, {"map_smoothing": -0.5},
+                {"map_smoothing": float("nan")}, {"map_smoothing": "1"}):
         with pytest.raises(AnomalyInputError, match=next(iter(bad))):
             NormativeModel(**bad)._check_params()
 
@@ -125,8 +138,11 @@ def test_fit_normative_options_store_the_post_processing(sim_cohort, tmp_path):
 
     out = tmp_path / "model"
     argv = ["fit-normative", str(sim_cohort), "--out", str(out), "--method", "zscore", "--resolution", "6",
-            "--median-filter", "3", "--erode-mask", "1", "--quiet"]
+            "--median-filter", "3", "--erode-mask", "1", "--map-smoothing", "0.75", "--quiet"]
     assert main(argv) == 0
     training = json.loads((out / "metadata.json").read_text())["training"]
-    assert (training["median_filter"], training["erode_mask"]) == (3, 1)
-    assert main(["fit-normative", str(sim_cohort), "--out", str(tmp_path / "bad"), "--median-filter", "-2"]) == 2
+    assert (training["median_filter"], training["erode_mask"], training["map_smoothing"]) == (3, 1, 0.75)
+    for option, value in (("--median-filter", "-2"), ("--map-smoothing", "-1"), ("--map-smoothing", "nan")):
+        bad = tmp_path / f"bad{option}{value}"
+        assert main(["fit-normative", str(sim_cohort), "--out", str(bad), option, value]) == 2
+        assert not bad.exists()

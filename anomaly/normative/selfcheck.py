@@ -29,7 +29,8 @@ calibration sums (exact leave-one-out,
 :meth:`~anomaly.normative.calibration.VoxelwiseLinearModel.without`), and every method
 the model can give (``ae``, ``zscore``, ``hybrid``, or ``zscore`` alone) is scored by
 the voxel AUROC and AUPRC of its combined anomaly map (post-processed as the model's
-``median_filter`` and ``erode_mask`` say) against the lesion voxels over the brain mask, pooled over the controls and lesion types (``methods``) and per type
+``median_filter``, ``map_smoothing`` and ``erode_mask`` say) against the lesion voxels
+over the brain mask, pooled over the controls and lesion types (``methods``) and per type
 (``by_type``: the other type's voxels left out).
 
 The table goes to ``metadata.json`` (``self_check``) and the model card; ``fit-normative
@@ -49,7 +50,7 @@ from scipy import ndimage
 
 from anomaly.constants import PET, lesion_sign
 from anomaly.normative.calibration import standardise
-from anomaly.normative.maps import combine_anomaly, postprocess_anomaly
+from anomaly.normative.maps import combine_anomaly
 
 if TYPE_CHECKING:
     from anomaly.atlas import Atlas
@@ -344,11 +345,9 @@ def self_check(model: Any, held_out: Sequence[CachedSubject], mean: np.ndarray, 
         z = model.component_z(standardise(lesioned, sub.present, mean, std, model.mask_), sub.present,
                               sub.age, sub.sex, calibrations=loo)
         for method, zmap in z.items():
-            anomaly = postprocess_anomaly(  # the map as `score` gives it, post-processing included
+            anomaly = model.postprocess(  # the map as `score` gives it, post-processing included
                 combine_anomaly(zmap, sub.present, model.modalities_, model.mask_, directions=directions,
-                                rule=model.modality_rule),
-                model.mask_,
-                median_size=model.median_size(), erode_voxels=model.erode_mask)
+                                rule=model.modality_rule))
             scores.setdefault(method, []).append(anomaly[model.mask_])
         labels.append(truth[model.mask_])
         records.append({"label": sub.label, "lesions": recs})
