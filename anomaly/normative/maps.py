@@ -196,7 +196,7 @@ def postprocess_anomaly(anomaly: np.ndarray, mask: np.ndarray, *, median_size: i
         Gaussian sigma (voxels) of a smoothing after the median filter; 0: none. The
         map is 0 outside the mask when it is smoothed, so that the brain's edge, where a
         misregistered outline gives false positives, is lowered with it (smoothing
-        renormalised inside the mask gained a third as much on the detection benchmark).
+        renormalised inside the mask gained far less on the detection benchmark).
     erode_voxels : int
         Set the map to 0 within this many voxels of the mask's edge, where
         misregistration of the brain outline gives false positives.

@@ -178,7 +178,8 @@ class NormativeModel(BaseEstimator):
         :data:`~anomaly.normative.maps.MAP_SMOOTHING_MM` (2 mm: 1 voxel at 2 mm, 0.5 at
         4 mm). On the realistic detection benchmark it raised the default's focal AUPRC
         on all eleven development cohorts (+0.006 to +0.033) for a best Dice 0.001-0.016
-        lower (README, Benchmarks). Only the combined anomaly map changes, not the z maps.
+        lower, and by +0.000 to +0.008 on a fresh seed (README, Benchmarks). Only the
+        combined anomaly map changes, not the z maps.
     cross_fit : int
         1: one network, trained on the controls less ``val_fraction`` of them, whose
         residuals are calibrated on those held out. K >= 2 (default 2): cross-fitted
