@@ -27,6 +27,7 @@ from anomaly.constants import (
     lesion_sign,
 )
 from anomaly.preprocess import Grid
+from anomaly.preprocess.separable import gaussian_smooth
 
 
 @dataclass
@@ -209,6 +210,6 @@ def postprocess_anomaly(anomaly: np.ndarray, mask: np.ndarray, *, median_size: i
     if median_size > 1:
         out = separable_median(np.where(mask, out, 0.0), median_size)
     if smooth_sigma > 0:
-        out = ndimage.gaussian_filter(np.where(mask, out, 0.0), float(smooth_sigma))
+        out = gaussian_smooth(np.where(mask, out, 0.0).astype(np.float32), float(smooth_sigma))
     keep = ndimage.binary_erosion(mask, iterations=erode_voxels) if erode_voxels > 0 else mask
     return (out * keep).astype(np.float32, copy=False)
