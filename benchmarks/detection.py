@@ -28,7 +28,9 @@ voxels positive, voxels changed only through the global level left out.
 Per setting and method: focal AUPRC (pooled voxels and the per-patient median), focal
 AUROC, best Dice, all-lesion AUPRC, and the ratio of the focal AUPRC to the classical
 reference of EVALUATION.md (:mod:`benchmarks._classical`), computed in the same run on
-the same grid. Ablation tables give the focal AUPRC of every modality-combination
+the same grid; ``classical+rim`` is that reference extended over the model's rim outside
+the brain mask as the toolkit's maps are (:func:`anomaly.normative.maps.extend_into_rim`),
+to show how much of a ratio the rim alone explains. Ablation tables give the focal AUPRC of every modality-combination
 rule (mean, Stouffer, max) and of post-processed anomaly maps (median filter, eroded
 mask: :data:`POSTPROCESS`).
 
@@ -88,15 +90,17 @@ SETTINGS = {
 }
 #: Methods in the tables (``default``: fit-normative's default method; ``auto``: the
 #: method the model's self-check picked).
-METHODS = ("classical", "zscore", "ae", "hybrid", "hybrid-max", "auto", "default")
+METHODS = ("classical", "classical+rim", "zscore", "ae", "hybrid", "hybrid-max", "auto", "default")
 #: Modality-combination rules of the ablation table (the toolkit's, in its order).
 RULES = COMBINE_RULES
 #: Post-processing variants of the anomaly map (:func:`anomaly.normative.maps.postprocess_anomaly`),
-#: applied to the combined map before the model's own post-processing ("raw": none) and
-#: measured on these methods; a variant's metrics are under ``"<method>+<variant>"``. The
-#: plain method columns are what the toolkit writes: the model's own post-processing.
+#: applied to the combined map instead of the model's own post-processing ("raw": none;
+#: "no-rim", None: the model's own without its rim) and measured on these methods; a
+#: variant's metrics are under ``"<method>+<variant>"``. The plain method columns are
+#: what the toolkit writes: the model's own post-processing.
 POSTPROCESS = {"raw": {}, "median3": {"median_size": 3}, "median5": {"median_size": 5},
-               "erode1": {"erode_voxels": 1}, "median3+erode1": {"median_size": 3, "erode_voxels": 1}}
+               "erode1": {"erode_voxels": 1}, "median3+erode1": {"median_size": 3, "erode_voxels": 1},
+               "no-rim": None}
 POSTPROCESSED_METHODS = ("zscore", "ae", "hybrid")
 #: NormativeModel keywords the benchmark sets from its own options (not via ``--params``;
 #: ``seed`` may be given there: it then changes the networks' seed, not the simulator's).
@@ -180,7 +184,7 @@ def subject_maps(model, classical, subject, default: str) -> dict[tuple[str, str
     """(method, rule) -> anomaly map of one subject (the classical reference has one rule)."""
     from anomaly.normative.calibration import standardise
     from anomaly.normative.hybrid import hybrid_z
-    from anomaly.normative.maps import combine_anomaly, postprocess_anomaly
+    from anomaly.normative.maps import combine_anomaly, extend_into_rim, postprocess_anomaly
 
     prep = model.preprocess(subject.images)
     std = standardise(prep.data, prep.present, model.channel_mean_, model.channel_std_, model.mask_)
@@ -189,7 +193,12 @@ def subject_maps(model, classical, subject, default: str) -> dict[tuple[str, str
         z["hybrid-max"] = hybrid_z(z["ae"], z["zscore"], model.modalities_, rule="max")
     z["auto"] = z[model.method_]
     z["default"] = z[model.method_ if default == "auto" else default]
-    maps = {("classical", rule): classical.anomaly(subject.images) for rule in RULES}
+    reference = classical.anomaly(subject.images)
+    rimmed = extend_into_rim(reference, model.mask_, model.map_rim_width())
+    maps = {(method, rule): amap for rule in RULES
+            for method, amap in (("classical", reference), ("classical+rim", rimmed))}
+    own = {"median_size": model.median_size(), "smooth_sigma": model.map_smoothing_sigma(),
+           "erode_voxels": model.erode_mask}
     for method, zmap in z.items():
         zmap[~prep.present] = np.nan
         for rule in RULES:
@@ -197,7 +206,8 @@ def subject_maps(model, classical, subject, default: str) -> dict[tuple[str, str
             maps[(method, rule)] = model.postprocess(raw)
             if method in POSTPROCESSED_METHODS:
                 for name, kwargs in POSTPROCESS.items():
-                    maps[(f"{method}+{name}", rule)] = postprocess_anomaly(raw, model.mask_, **kwargs)
+                    maps[(f"{method}+{name}", rule)] = postprocess_anomaly(raw, model.mask_, **(
+                        own if kwargs is None else kwargs))
     return maps
 
 
@@ -306,10 +316,10 @@ def _run(work: Path, args: dict, rule: str | None) -> dict:
             model = recalibrate(model, find_subjects(bids[test], group="control"))
         ev = evaluate(model, classical[train], find_subjects(bids[test], group="patient"),
                       bids[test] / "derivatives" / "simulation", default_method())
-        results[name] = {m: {k: float(v) for k, v in by_rule[rule if m != "classical" else "mean"].items()}
+        results[name] = {m: {k: float(v) for k, v in by_rule[rule].items()}
                          for m, by_rule in ev["metrics"].items()}
         ablation[name] = {m: {r: float(v["focal_auprc"]) for r, v in by_rule.items()}
-                          for m, by_rule in ev["metrics"].items() if m != "classical"}
+                          for m, by_rule in ev["metrics"].items() if not m.startswith("classical")}
         curves[name] = ev["curves"]
         print(f"[{name}] " + ", ".join(f"{m} {results[name][m]['focal_auprc']:.3f}" for m in results[name]),
               flush=True)
@@ -335,15 +345,17 @@ def markdown(result: dict) -> str:
     lines = [header, "",
              f"Machine: {result['machine']}; simulation {result['sim_seconds']:.0f} s", ""]
     methods = [m for m in METHODS if m in next(iter(result["results"].values()))]
-    lines += ["| setting | metric | " + " | ".join(methods) + " | default / classical | default / zscore |",
-              "|---|---|" + "---|" * (len(methods) + 2)]
+    references = [m for m in ("classical", "classical+rim", "zscore") if m in methods]
+    lines += ["| setting | metric | " + " | ".join(methods) + " | "
+              + " | ".join(f"default / {m}" for m in references) + " |",
+              "|---|---|" + "---|" * (len(methods) + len(references))]
     for name, res in result["results"].items():
         res = {m: nan_for_none(v) for m, v in res.items()}
         for label, key, fmt in ROWS:
             cells = [fmt.format(res[m][key]) for m in methods]
-            ratio_c = res["default"][key] / res["classical"][key] if res["classical"][key] else float("nan")
-            ratio_z = res["default"][key] / res["zscore"][key] if res["zscore"][key] else float("nan")
-            lines.append(f"| {name} | {label} | " + " | ".join(cells) + f" | {ratio_c:.2f} | {ratio_z:.2f} |")
+            ratios = [res["default"][key] / res[m][key] if res[m][key] else float("nan") for m in references]
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " | "
+                         + " | ".join(f"{r:.2f}" for r in ratios) + " |")
     variants = [v for v in POSTPROCESS if any(f"{m}+{v}" in r for r in result["results"].values()
                                               for m in POSTPROCESSED_METHODS)]
     if variants:

@@ -103,10 +103,10 @@ def test_a_five_volume_cohort_runs_through_fit_and_score(tmp_path):
     assert main(["simulate", str(bids), "--healthy", "6", "--patients", "2", "--resolution", "4", "--seed", "5",
                  "--missing-fraction", "0", "--modalities", "T1w", "T2w", "FLAIR", "ADC", "pet", "--quiet"]) == 0
     model = tmp_path / "model"
-    # No median filter, no smoothing and the maximum over modalities: the voxelwise bound
+    # No median filter, no rim and the maximum over modalities: the voxelwise bound
     # below is that rule's, not the filters' or the PET-led default's.
     assert main(["fit-normative", str(bids), "--out", str(model), "--method", "zscore", "--resolution", "4",
-                 "--median-filter", "0", "--map-smoothing", "0", "--modality-rule", "max", "--quiet"]) == 0
+                 "--median-filter", "0", "--map-rim", "0", "--modality-rule", "max", "--quiet"]) == 0
     meta = json.loads((model / "metadata.json").read_text())
     assert meta["training"]["modality_rule"] == "max"
     assert sorted(meta["modalities"]) == ["ADC", "FLAIR", "T1w", "T2w", "pet"]

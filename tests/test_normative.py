@@ -377,15 +377,15 @@ def test_settings_a_folder_does_not_record_load_as_it_was_fitted(zscore_model_di
     network and a raw anomaly map, not today's defaults."""
     folder = _copy_model(zscore_model_dir, tmp_path / "m")
     meta = json.loads((folder / "metadata.json").read_text())
-    for key in ("cross_fit", "median_filter", "erode_mask", "modality_rule", "map_smoothing"):
+    for key in ("cross_fit", "median_filter", "erode_mask", "modality_rule", "map_smoothing", "map_rim"):
         meta["training"].pop(key)
     (folder / "metadata.json").write_text(json.dumps(meta))
     old = NormativeModel.load(folder)
     assert (old.cross_fit, old.median_filter, old.median_size(), old.erode_mask) == (1, 0, 0, 0)
-    assert (old.modality_rule, old.map_smoothing_sigma()) == ("max", 0.0)
+    assert (old.modality_rule, old.map_smoothing_sigma(), old.map_rim_width()) == ("max", 0.0, 0.0)
     new = NormativeModel.load(zscore_model_dir)
     assert (new.cross_fit, new.median_filter, new.median_size(), new.modality_rule) == (2, None, 3, "pet-led")
-    assert new.map_smoothing_sigma() == 0.5
+    assert (new.map_smoothing_sigma(), new.map_rim_width()) == (0.0, 2.0)
 
 
 def test_a_folder_with_an_unknown_modality_rule_is_refused(zscore_model_dir, tmp_path):

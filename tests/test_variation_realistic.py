@@ -83,6 +83,39 @@ def test_postprocessing_removes_isolated_voxels_and_the_mask_edge():
     assert uniform[1, 6, 6] < 0.9 and uniform[6, 6, 6] > 0.99
 
 
+def test_the_rim_gives_voxels_outside_the_mask_their_nearest_brain_voxel(rng):
+    from anomaly.normative.maps import extend_into_rim
+
+    # A blob-shaped mask, so that most rim voxels have one nearest mask voxel.
+    mask = ndimage.gaussian_filter(rng.normal(size=(16, 16, 16)), 2.0) > 0.02
+    mask[:2], mask[-2:], mask[:, :2], mask[:, -2:], mask[:, :, :2], mask[:, :, -2:] = (False,) * 6
+    values = rng.uniform(1, 2, size=mask.shape).astype(np.float32)
+    out = extend_into_rim(values, mask, 2.0)
+    np.testing.assert_array_equal(out[mask], values[mask])
+    inside = np.argwhere(mask)
+    distance = ndimage.distance_transform_edt(~mask)
+    checked = 0
+    for voxel in np.argwhere(~mask):
+        if distance[tuple(voxel)] > 2.0:
+            assert out[tuple(voxel)] == 0
+            continue
+        d2 = ((inside - voxel) ** 2).sum(axis=1)
+        nearest = np.flatnonzero(d2 == d2.min())
+        assert out[tuple(voxel)] in values[tuple(inside[nearest].T)]  # one of the nearest (ties)
+        checked += len(nearest) == 1
+    assert checked > 100
+    np.testing.assert_array_equal(extend_into_rim(values, mask, 0.0), values * mask)
+    np.testing.assert_array_equal(extend_into_rim(values, np.zeros_like(mask), 2.0), 0 * values)
+    # Through the post-processing: last, and from the eroded mask when the mask is eroded.
+    cube = np.zeros((12, 12, 12), bool)
+    cube[2:10, 2:10, 2:10] = True
+    anomaly = rng.uniform(1, 2, size=cube.shape).astype(np.float32) * cube
+    rim = postprocess_anomaly(anomaly, cube, rim_voxels=2)
+    assert rim[0, 5, 6] == rim[1, 5, 6] == anomaly[2, 5, 6] and rim[0, 0, 0] == 0
+    eroded = postprocess_anomaly(anomaly, cube, erode_voxels=1, rim_voxels=1)
+    assert eroded[2, 5, 6] == anomaly[3, 5, 6] and eroded[1, 5, 6] == 0
+
+
 def test_separable_median_is_the_median_along_each_axis_in_turn(rng):
     from anomaly.normative.maps import median_size_for_mm, separable_median
 
@@ -103,19 +136,26 @@ def test_model_post_processing_is_applied_at_scoring_and_saved(zscore_model_dir,
     from anomaly.normative import NormativeModel
 
     model = NormativeModel.load(zscore_model_dir)
-    # By default a median filter of about 10 mm (3 voxels on this 4 mm grid), then a
-    # Gaussian of sigma 2 mm (0.5 voxel); no erosion.
+    # By default a median filter of about 10 mm (3 voxels on this 4 mm grid), no
+    # smoothing, no erosion, and a rim of 8 mm (2 voxels) outside the brain mask.
     assert (model.median_filter, model.median_size(), model.erode_mask) == (None, 3, 0)
-    assert (model.map_smoothing, model.map_smoothing_sigma()) == (None, 0.5)
+    assert (model.map_smoothing, model.map_smoothing_sigma()) == (None, 0.0)
+    assert (model.map_rim, model.map_rim_width()) == (None, 2.0)
     patient = find_subjects(sim_cohort, group="patient")[0]
     prep = model.preprocess(patient.images)
     default = model.transform(prep, age=patient.age, sex=patient.sex)
-    model.set_params(median_filter=0, map_smoothing=0)
+    model.set_params(median_filter=0, map_rim=0)
     plain = model.transform(prep, age=patient.age, sex=patient.sex)
-    np.testing.assert_allclose(default.anomaly, postprocess_anomaly(plain.anomaly, model.mask_, median_size=3,
-                                                                    smooth_sigma=0.5), atol=1e-6)
-    assert not np.array_equal(default.anomaly, postprocess_anomaly(plain.anomaly, model.mask_, median_size=3))
-    model.set_params(median_filter=3, erode_mask=1)
+    assert not plain.anomaly[~model.mask_].any()
+    np.testing.assert_array_equal(default.anomaly, postprocess_anomaly(plain.anomaly, model.mask_, median_size=3,
+                                                                       rim_voxels=2))
+    assert default.anomaly[~model.mask_].any()  # the rim
+    np.testing.assert_array_equal(default.z, plain.z)
+    model.set_params(map_smoothing=0.5)
+    smoothed = model.transform(prep, age=patient.age, sex=patient.sex)
+    np.testing.assert_allclose(smoothed.anomaly, postprocess_anomaly(plain.anomaly, model.mask_, smooth_sigma=0.5),
+                               atol=1e-6)
+    model.set_params(median_filter=3, erode_mask=1, map_smoothing=None)
     post = model.transform(prep, age=patient.age, sex=patient.sex)
     np.testing.assert_array_equal(post.z, plain.z)  # only the combined map changes
     np.testing.assert_array_equal(post.anomaly, postprocess_anomaly(plain.anomaly, model.mask_, median_size=3,
@@ -126,7 +166,7 @@ def test_model_post_processing_is_applied_at_scoring_and_saved(zscore_model_dir,
     assert (again.median_filter, again.erode_mask) == (3, 1)
     np.testing.assert_array_equal(again.transform(prep, age=patient.age, sex=patient.sex).anomaly, post.anomaly)
     for bad in ({"median_filter": -1}, {"erode_mask": 1.5}, {"map_smoothing": -0.5},
-                {"map_smoothing": float("nan")}, {"map_smoothing": "1"}):
+                {"map_smoothing": float("nan")}, {"map_smoothing": "1"}, {"map_rim": -1}, {"map_rim": float("inf")}):
         with pytest.raises(AnomalyInputError, match=next(iter(bad))):
             NormativeModel(**bad)._check_params()
 
@@ -138,11 +178,13 @@ def test_fit_normative_options_store_the_post_processing(sim_cohort, tmp_path):
 
     out = tmp_path / "model"
     argv = ["fit-normative", str(sim_cohort), "--out", str(out), "--method", "zscore", "--resolution", "6",
-            "--median-filter", "3", "--erode-mask", "1", "--map-smoothing", "0.75", "--quiet"]
+            "--median-filter", "3", "--erode-mask", "1", "--map-smoothing", "0.75", "--map-rim", "1.5", "--quiet"]
     assert main(argv) == 0
     training = json.loads((out / "metadata.json").read_text())["training"]
-    assert (training["median_filter"], training["erode_mask"], training["map_smoothing"]) == (3, 1, 0.75)
-    for option, value in (("--median-filter", "-2"), ("--map-smoothing", "-1"), ("--map-smoothing", "nan")):
+    assert (training["median_filter"], training["erode_mask"], training["map_smoothing"], training["map_rim"]) \
+        == (3, 1, 0.75, 1.5)
+    for option, value in (("--median-filter", "-2"), ("--map-smoothing", "-1"), ("--map-smoothing", "nan"),
+                          ("--map-rim", "-1")):
         bad = tmp_path / f"bad{option}{value}"
         assert main(["fit-normative", str(sim_cohort), "--out", str(bad), option, value]) == 2
         assert not bad.exists()

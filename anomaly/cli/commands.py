@@ -83,6 +83,7 @@ def _fit_normative_model(args: argparse.Namespace, subjects, out):
                            median_filter=args.median_filter, erode_mask=args.erode_mask,
                            cross_fit=args.cross_fit, pet_peak_search=args.pet_peak_search,
                            modality_rule=args.modality_rule, map_smoothing=args.map_smoothing,
+                           map_rim=args.map_rim,
                            lesion_directions=dict(args.lesion_direction) if args.lesion_direction else None)
     model.fit(subjects, workdir=out, resume=args.resume, progress=not args.quiet,
               num_workers=args.workers, keep_cache=args.keep_cache, drop_qc_outliers=args.drop_qc_outliers)
