@@ -184,7 +184,11 @@ def subject_maps(model, classical, subject, default: str) -> dict[tuple[str, str
     """(method, rule) -> anomaly map of one subject (the classical reference has one rule)."""
     from anomaly.normative.calibration import standardise
     from anomaly.normative.hybrid import hybrid_z
-    from anomaly.normative.maps import combine_anomaly, extend_into_rim, postprocess_anomaly
+    from anomaly.normative.maps import (
+        combine_anomaly,
+        extend_into_rim,
+        postprocess_anomaly,
+    )
 
     prep = model.preprocess(subject.images)
     std = standardise(prep.data, prep.present, model.channel_mean_, model.channel_std_, model.mask_)
