@@ -29,9 +29,10 @@ calibration sums (exact leave-one-out,
 :meth:`~anomaly.normative.calibration.VoxelwiseLinearModel.without`), and every method
 the model can give (``ae``, ``zscore``, ``hybrid``, or ``zscore`` alone) is scored by
 the voxel AUROC and AUPRC of its combined anomaly map (post-processed as the model's
-``median_filter``, ``map_smoothing`` and ``erode_mask`` say) against the lesion voxels
-over the brain mask, pooled over the controls and lesion types (``methods``) and per type
-(``by_type``: the other type's voxels left out).
+``median_filter``, ``map_smoothing``, ``erode_mask`` and ``map_rim`` say) against the
+lesion voxels over the brain mask (the rim outside it does not count), pooled over the
+controls and lesion types (``methods``) and per type (``by_type``: the other type's
+voxels left out).
 
 The table goes to ``metadata.json`` (``self_check``) and the model card; ``fit-normative
 --method auto`` keeps hybrid unless another method has the higher AUPRC in every
