@@ -30,9 +30,9 @@ AUROC, best Dice, all-lesion AUPRC, and the ratio of the focal AUPRC to the clas
 reference of EVALUATION.md (:mod:`benchmarks._classical`), computed in the same run on
 the same grid; ``classical+rim`` is that reference extended over the model's rim outside
 the brain mask as the toolkit's maps are (:func:`anomaly.normative.maps.extend_into_rim`),
-to show how much of a ratio the rim alone explains. Ablation tables give the focal AUPRC of every modality-combination
-rule (mean, Stouffer, max) and of post-processed anomaly maps (median filter, eroded
-mask: :data:`POSTPROCESS`).
+to show how much of a ratio the rim alone explains. Ablation tables give the focal
+AUPRC of every modality-combination rule (mean, Stouffer, max) and of post-processed
+anomaly maps (median filter, eroded mask, no rim: :data:`POSTPROCESS`).
 
 Usage::
 
@@ -181,7 +181,7 @@ def default_method() -> str:
 
 
 def subject_maps(model, classical, subject, default: str) -> dict[tuple[str, str], np.ndarray]:
-    """(method, rule) -> anomaly map of one subject (the classical reference has one rule)."""
+    """(method, rule) -> anomaly map of one subject (the classical references: one map for every rule)."""
     from anomaly.normative.calibration import standardise
     from anomaly.normative.hybrid import hybrid_z
     from anomaly.normative.maps import (

@@ -188,3 +188,24 @@ def test_fit_normative_options_store_the_post_processing(sim_cohort, tmp_path):
         bad = tmp_path / f"bad{option}{value}"
         assert main(["fit-normative", str(sim_cohort), "--out", str(bad), option, value]) == 2
         assert not bad.exists()
+
+
+def test_the_detection_benchmark_gives_the_classical_reference_the_models_rim(zscore_model_dir, sim_cohort):
+    from anomaly.io import find_subjects
+    from anomaly.normative import NormativeModel
+    from anomaly.normative.maps import extend_into_rim
+    from benchmarks._classical import ClassicalReference
+    from benchmarks.detection import subject_maps
+
+    model = NormativeModel.load(zscore_model_dir)
+    classical = ClassicalReference(model.grid_, model.mask_, model._reference_masks(model.grid_)["cerebellum"])
+    classical.fit(find_subjects(sim_cohort, group="control"))
+    patient = find_subjects(sim_cohort, group="patient")[0]
+    maps = subject_maps(model, classical, patient, "auto")
+    reference = maps[("classical", "pet-led")]
+    assert not reference[~model.mask_].any()
+    np.testing.assert_array_equal(maps[("classical+rim", "pet-led")], extend_into_rim(reference, model.mask_, 2.0))
+    # The toolkit's own map and its no-rim ablation differ only outside the brain mask.
+    own, no_rim = maps[("default", "pet-led")], maps[("zscore+no-rim", "pet-led")]
+    np.testing.assert_array_equal(own[model.mask_], no_rim[model.mask_])
+    assert own[~model.mask_].any() and not no_rim[~model.mask_].any()

@@ -177,7 +177,7 @@ class NormativeModel(BaseEstimator):
         median filter (:func:`~anomaly.normative.maps.postprocess_anomaly`; zero outside
         the brain, so that its edge is lowered too); 0: none. None (default):
         :data:`~anomaly.normative.maps.MAP_SMOOTHING_MM`, i.e. none: with the rim
-        (``map_rim``) it lowered the focal AUPRC on 8 of 10 development cohorts of the
+        (``map_rim``) it lowered the focal AUPRC on 9 of 11 development cohorts of the
         realistic detection benchmark and the best Dice on all (README, Benchmarks).
     map_rim : float or None
         Width (voxels) of the rim outside the brain mask over which the combined anomaly
@@ -186,9 +186,10 @@ class NormativeModel(BaseEstimator):
         still reaches a few mm beyond the template's mask, and lesions there would
         otherwise score 0. 0: none (the map is 0 outside the mask). None (default):
         :data:`~anomaly.normative.maps.MAP_RIM_MM` (8 mm: 4 voxels at 2 mm, 2 at 4 mm).
-        On the realistic detection benchmark, where 8-20 % of the focal lesion voxels
+        On the realistic detection benchmark, where 7-20 % of the focal lesion voxels
         lie outside the template's mask, it raised the default's focal AUPRC by
-        0.04-0.14 on ten development cohorts (README, Benchmarks). Only the combined
+        0.04-0.14 on eleven development cohorts and 0.07-0.10 on fresh ones (README,
+        Benchmarks). Only the combined
         anomaly map changes: z maps and regional tables stay inside the mask.
     cross_fit : int
         1: one network, trained on the controls less ``val_fraction`` of them, whose
