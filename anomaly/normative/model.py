@@ -188,8 +188,8 @@ class NormativeModel(BaseEstimator):
         :data:`~anomaly.normative.maps.MAP_RIM_MM` (8 mm: 4 voxels at 2 mm, 2 at 4 mm).
         On the realistic detection benchmark, where 7-20 % of the focal lesion voxels
         lie outside the template's mask, it raised the default's focal AUPRC by
-        0.04-0.14 on eleven development cohorts and 0.07-0.10 on fresh ones (README,
-        Benchmarks). Only the combined
+        0.04-0.14 on eleven development cohorts and 0.05-0.07 on seven fresh ones
+        (README, Benchmarks). Only the combined
         anomaly map changes: z maps and regional tables stay inside the mask.
     cross_fit : int
         1: one network, trained on the controls less ``val_fraction`` of them, whose
