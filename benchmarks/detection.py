@@ -201,8 +201,7 @@ def subject_maps(model, classical, subject, default: str) -> dict[tuple[str, str
     rimmed = extend_into_rim(reference, model.mask_, model.map_rim_width())
     maps = {(method, rule): amap for rule in RULES
             for method, amap in (("classical", reference), ("classical+rim", rimmed))}
-    own = {"median_size": model.median_size(), "smooth_sigma": model.map_smoothing_sigma(),
-           "erode_voxels": model.erode_mask}
+    own_without_rim = {**model.postprocess_settings(), "rim_voxels": 0.0}
     for method, zmap in z.items():
         zmap[~prep.present] = np.nan
         for rule in RULES:
@@ -211,7 +210,7 @@ def subject_maps(model, classical, subject, default: str) -> dict[tuple[str, str
             if method in POSTPROCESSED_METHODS:
                 for name, kwargs in POSTPROCESS.items():
                     maps[(f"{method}+{name}", rule)] = postprocess_anomaly(raw, model.mask_, **(
-                        own if kwargs is None else kwargs))
+                        own_without_rim if kwargs is None else kwargs))
     return maps
 
 

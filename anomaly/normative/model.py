@@ -189,8 +189,8 @@ class NormativeModel(BaseEstimator):
         On the realistic detection benchmark, where 7-20 % of the focal lesion voxels
         lie outside the template's mask, it raised the default's focal AUPRC by
         0.04-0.14 on eleven development cohorts and 0.05-0.07 on seven fresh ones
-        (README, Benchmarks). Only the combined
-        anomaly map changes: z maps and regional tables stay inside the mask.
+        (README, Benchmarks). Only the combined anomaly map changes: z maps and
+        regional tables stay inside the mask.
     cross_fit : int
         1: one network, trained on the controls less ``val_fraction`` of them, whose
         residuals are calibrated on those held out. K >= 2 (default 2): cross-fitted
@@ -746,9 +746,12 @@ class NormativeModel(BaseEstimator):
 
     def postprocess(self, anomaly: np.ndarray) -> np.ndarray:
         """This model's post-processing of a combined anomaly map (median filter, smoothing, erosion, rim)."""
-        return postprocess_anomaly(anomaly, self.mask_, median_size=self.median_size(),
-                                   smooth_sigma=self.map_smoothing_sigma(), erode_voxels=self.erode_mask,
-                                   rim_voxels=self.map_rim_width())
+        return postprocess_anomaly(anomaly, self.mask_, **self.postprocess_settings())
+
+    def postprocess_settings(self) -> dict[str, float]:
+        """Keywords of :func:`~anomaly.normative.maps.postprocess_anomaly` on this model's grid."""
+        return {"median_size": self.median_size(), "smooth_sigma": self.map_smoothing_sigma(),
+                "erode_voxels": self.erode_mask, "rim_voxels": self.map_rim_width()}
 
     def map_smoothing_sigma(self) -> float:
         """Gaussian sigma (voxels) of the anomaly map's smoothing on this model's grid (0: none)."""
